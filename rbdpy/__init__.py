@@ -1,0 +1,1 @@
+"""rbdpy: an RBD-style network block device, served over NBD by nbdkit."""
