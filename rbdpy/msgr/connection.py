@@ -1,0 +1,722 @@
+"""The messenger's sans-I/O core: one Connection per socket, one Session per peer.
+
+Bytes go in (``feed`` from a staging buffer, or ``recv_target``/``received_direct`` when the
+next bytes belong in a data segment the upper layer provided), events come out; buffers to
+send come out of ``data_to_send`` and are retired with ``sent(n)``. No sockets, threads or
+clocks live here, so every byte boundary, fault and reconnect can be tested deterministically.
+
+A Session outlives its Connections: it numbers outgoing messages once, keeps what was sent
+but not acked (payload references included) and replays it after a reconnect; it remembers
+the last sequence received so duplicates are dropped. Lossy sessions keep nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rbdpy.crc import crc32c
+from rbdpy.msgr.message import (
+    FOOTER,
+    FOOTER_LEN,
+    FOOTER_NOCRC,
+    HEADER_LEN,
+    EntityName,
+    Message,
+    MsgHeader,
+    decode_header,
+    encode_footer,
+    encode_header,
+)
+from rbdpy.msgr.payload import BioChain, Pages, SegmentCursor
+
+log = logging.getLogger("rbdpy.msgr")
+
+BANNER = b"rbdpy\x00v1"
+PROTOCOL_FEATURES = 0x1
+
+# frame tags
+TAG_READY = 1
+TAG_RESETSESSION = 2
+TAG_RETRY_SESSION = 3
+TAG_RETRY_GLOBAL = 4
+TAG_WAIT = 5
+TAG_BADAUTH = 6
+TAG_CLOSE = 7
+TAG_MSG = 8
+TAG_ACK = 9
+TAG_KEEPALIVE = 10
+TAG_KEEPALIVE_ACK = 11
+
+# features, entity type, entity num, nonce, global_seq, connect_seq, in_seq, flags, auth_len
+CONNECT = struct.Struct("<QBQQIIQBI")
+# tag, then the same fields as CONNECT
+CONNECT_REPLY = struct.Struct("<BQBQQIIQBI")
+CONNECT_FLAG_LOSSY = 1
+U64 = struct.Struct("<Q")
+_TAG_U64 = struct.Struct("<BQ")
+
+DIRECT_MIN = 8192
+"""Data segments with at least this much left are ``recv_into``'d directly; smaller pieces
+come through the staging buffer (one small copy is cheaper than one more syscall)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Maxima checked against the header before anything is allocated."""
+
+    max_front: int = 16 << 20
+    max_middle: int = 16 << 20
+    max_data: int = 64 << 20
+    max_auth: int = 4096
+
+
+# ---- events -------------------------------------------------------------------------------
+
+
+@dataclass
+class HandshakeDone:
+    peer: EntityName
+    peer_nonce: int
+
+
+@dataclass
+class MessageReceived:
+    msg: Message
+
+
+@dataclass
+class KeepaliveReceived:
+    stamp: int
+
+
+@dataclass
+class KeepaliveAck:
+    stamp: int
+
+
+@dataclass
+class SessionReset:
+    """Our session with the peer was lost (the peer restarted or told us so).
+
+    ``dropped`` are the messages sent or queued but never acknowledged: they were discarded
+    and the upper layer must resubmit what still matters.
+    """
+
+    peer: EntityName | None
+    dropped: list[Message]
+
+
+@dataclass
+class PeerReset:
+    """The peer started a new session (it restarted): state about its old one is stale."""
+
+    peer: EntityName
+
+
+@dataclass
+class Fault:
+    reason: str
+
+
+@dataclass
+class Closed:
+    """The peer closed the session on purpose: nothing will be replayed."""
+
+
+Event = (
+    HandshakeDone | MessageReceived | KeepaliveReceived | KeepaliveAck | SessionReset
+    | PeerReset | Fault | Closed
+)
+
+AllocData = Callable[[MsgHeader], list[memoryview] | None]
+
+
+class ProtocolError(Exception):
+    """A peer broke the protocol; the connection faults with this reason."""
+
+
+# ---- sessions -----------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Session:
+    """Per-peer state that survives reconnects (lossless) or not (lossy)."""
+
+    lossy: bool = False
+    peer: EntityName | None = None
+    peer_nonce: int = 0
+    out_seq: int = 0
+    in_seq: int = 0
+    connect_seq: int = 0
+    peer_global_seq: int = 0
+    unsent: deque[Message] = field(default_factory=deque)
+    sent: deque[Message] = field(default_factory=deque)
+    owner: object | None = None
+
+    def queue(self, msg: Message) -> None:
+        self.out_seq += 1
+        msg.seq = self.out_seq
+        msg._wire_head = msg._wire_foot = None
+        self.unsent.append(msg)
+
+    def acked(self, seq: int) -> None:
+        sent = self.sent
+        while sent and sent[0].seq <= seq:
+            sent.popleft()
+
+    def requeue_sent(self, peer_in_seq: int) -> None:
+        """After a reconnect: forget what the peer has, send the rest again, in order."""
+        self.acked(peer_in_seq)
+        while self.unsent and self.unsent[0].seq <= peer_in_seq:
+            self.unsent.popleft()
+        self.sent.extend(self.unsent)
+        self.unsent = self.sent
+        self.sent = deque()
+
+    def reset(self) -> list[Message]:
+        dropped = list(self.sent) + list(self.unsent)
+        self.sent.clear()
+        self.unsent.clear()
+        self.out_seq = self.in_seq = self.connect_seq = 0
+        return dropped
+
+
+class SessionRegistry:
+    """The accepting side's sessions, by peer entity name (pure bookkeeping, no I/O)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[EntityName, Session] = {}
+
+    def get(self, peer: EntityName) -> Session | None:
+        return self.sessions.get(peer)
+
+    def remove(self, peer: EntityName) -> None:
+        self.sessions.pop(peer, None)
+
+
+# ---- the connection -----------------------------------------------------------------------
+
+# receive states
+_S_BANNER, _S_CONNECT, _S_CONNECT_AUTH, _S_REPLY, _S_REPLY_AUTH = range(5)
+_S_TAG, _S_U64, _S_HEADER, _S_FRONT, _S_MIDDLE, _S_DATA, _S_FOOTER, _S_DONE = range(5, 13)
+
+
+class Connection:
+    """The protocol on one socket: handshake, then MSG/ACK/KEEPALIVE/CLOSE frames."""
+
+    def __init__(
+        self,
+        me: EntityName,
+        nonce: int,
+        *,
+        client: bool,
+        session: Session | None = None,
+        registry: SessionRegistry | None = None,
+        alloc_data: AllocData | None = None,
+        limits: Limits | None = None,
+        global_seq: int = 1,
+        crc: bool = True,
+        auth: bytes = b"",
+    ) -> None:
+        if client and session is None:
+            raise ValueError("a connecting side needs its session")
+        if not client and registry is None:
+            raise ValueError("an accepting side needs a session registry")
+        self.me = me
+        self.nonce = nonce
+        self.client = client
+        self.session = session
+        self.registry = registry
+        self.alloc_data = alloc_data
+        self.limits = limits or Limits()
+        self.global_seq = global_seq
+        self.crc = crc
+        self.auth = auth
+        self.open = False
+        self.faulted: str | None = None
+        self.peer: EntityName | None = session.peer if session else None
+        self.copied_bytes = 0  # data bytes that went through the staging copy (counted)
+        self._out: deque[memoryview] = deque()
+        self._out_bytes = 0
+        self._acked_out = 0
+        self._events: list[Event] = []
+        # receive side
+        self._state = _S_BANNER
+        self._want = len(BANNER)
+        self._buf = bytearray(64)
+        self._have = 0
+        self._u64_tag = 0
+        self._hdr: MsgHeader | None = None
+        self._front: bytes = b""
+        self._middle: bytes = b""
+        self._data_payload: Pages | BioChain | None = None
+        self._data_cursor: SegmentCursor | None = None
+        self._data_crc = 0
+        self._skip = False
+        self._pending_connect: tuple | None = None
+        self._push(memoryview(BANNER))
+        if client:
+            self._send_connect()
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _push(self, buf: memoryview | bytes) -> None:
+        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+        if len(mv):
+            self._out.append(mv)
+            self._out_bytes += len(mv)
+
+    def _send_connect(self) -> None:
+        s = self.session
+        assert s is not None
+        self._push(
+            CONNECT.pack(
+                PROTOCOL_FEATURES, self.me.type, self.me.num, self.nonce, self.global_seq,
+                s.connect_seq, s.in_seq, CONNECT_FLAG_LOSSY if s.lossy else 0, len(self.auth),
+            )
+            + self.auth
+        )
+
+    def send_message(self, msg: Message) -> None:
+        """Queue a message on the session (it is framed when output is next asked for)."""
+        assert self.session is not None
+        self.session.queue(msg)
+
+    def send_keepalive(self, stamp: int) -> None:
+        if self.open:
+            self._push(_TAG_U64.pack(TAG_KEEPALIVE, stamp))
+
+    def close(self) -> None:
+        """Tell the peer we are done with the session (no replay after this)."""
+        if self.open:
+            self._push(bytes([TAG_CLOSE]))
+            self.open = False
+
+    def _frame(self, msg: Message) -> None:
+        if msg._wire_head is None:
+            msg._wire_head = bytes([TAG_MSG]) + encode_header(msg, self.me)
+            msg._wire_foot = encode_footer(msg, self.crc)
+        self._push(msg._wire_head)
+        self._push(msg.front)
+        self._push(msg.middle)
+        for seg in msg.data_segments():
+            self._push(seg)
+        self._push(msg._wire_foot)
+
+    def data_to_send(self) -> list[memoryview]:
+        """Every buffer waiting to be written, in order (hand a prefix to ``sendmsg``)."""
+        s = self.session
+        if self.open and s is not None and not self.faulted:
+            if s.in_seq > self._acked_out:
+                self._acked_out = s.in_seq
+                self._push(_TAG_U64.pack(TAG_ACK, s.in_seq))
+            while s.unsent:
+                msg = s.unsent.popleft()
+                self._frame(msg)
+                if not s.lossy:
+                    s.sent.append(msg)
+        return list(self._out)
+
+    def has_output(self) -> bool:
+        s = self.session
+        return bool(
+            self._out
+            or (self.open and s is not None and (s.unsent or s.in_seq > self._acked_out))
+        )
+
+    def sent(self, n: int) -> None:
+        """``n`` bytes of ``data_to_send()`` went out."""
+        self._out_bytes -= n
+        out = self._out
+        while n:
+            head = out[0]
+            if n >= len(head):
+                n -= len(head)
+                out.popleft()
+            else:
+                out[0] = head[n:]
+                n = 0
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def recv_target(self) -> memoryview | None:
+        """Where the next ``recv_into`` should go directly, or None to use a staging buffer.
+
+        Inside a data section with a big enough piece of a destination segment left, the bytes
+        land in the upper layer's buffer with no copy.
+        """
+        if self._state == _S_DATA and not self._skip:
+            cur = self._data_cursor.current()  # type: ignore[union-attr]
+            if len(cur) >= DIRECT_MIN:
+                return cur
+        return None
+
+    def received_direct(self, n: int) -> list[Event]:
+        """``n`` bytes were received into ``recv_target()``."""
+        cur = self._data_cursor
+        assert cur is not None
+        if self.crc:
+            self._data_crc = crc32c(cur.current()[:n], self._data_crc)
+        cur.advance(n)
+        if cur.remaining == 0:
+            self._state, self._want, self._have = _S_FOOTER, FOOTER_LEN, 0
+        return self._take_events()
+
+    def feed(self, data: memoryview | bytes) -> list[Event]:
+        """Bytes arrived (from a staging buffer the caller may reuse afterwards)."""
+        if self.faulted:
+            return []
+        mv = data if isinstance(data, memoryview) else memoryview(data)
+        pos, n = 0, len(mv)
+        try:
+            while pos < n and not self.faulted:
+                if self._state == _S_DATA:
+                    pos = self._feed_data(mv, pos)
+                    continue
+                if self._state == _S_DONE:
+                    raise ProtocolError("bytes after close")
+                want = self._want
+                if self._have == 0 and n - pos >= want:
+                    # the whole section is in the staging buffer: parse it in place
+                    self._section(mv[pos : pos + want])
+                    pos += want
+                    continue
+                take = min(want - self._have, n - pos)
+                if len(self._buf) < want:
+                    self._buf = bytearray(max(want, 2 * len(self._buf)))
+                self._buf[self._have : self._have + take] = mv[pos : pos + take]
+                self._have += take
+                pos += take
+                if self._have == want:
+                    self._have = 0
+                    self._section(memoryview(self._buf)[:want])
+        except ProtocolError as e:
+            log.warning("protocol error from %s: %s", self.peer, e)
+            self._fault(str(e))
+        return self._take_events()
+
+    def eof(self) -> list[Event]:
+        """The peer closed the socket."""
+        if not self.faulted and self._state != _S_DONE:
+            where = "mid-message" if self._state > _S_U64 else "between frames"
+            self._fault(f"peer closed the connection {where}")
+        return self._take_events()
+
+    def fault(self, reason: str) -> list[Event]:
+        """The driver saw the transport fail (socket error, keepalive timeout)."""
+        self._fault(reason)
+        return self._take_events()
+
+    def _take_events(self) -> list[Event]:
+        ev, self._events = self._events, []
+        return ev
+
+    def _fault(self, reason: str) -> None:
+        if self.faulted:
+            return
+        self.faulted = reason
+        self.open = False
+        s = self.session
+        if s is not None and s.lossy and s.owner is self:
+            # lossy: nothing is replayed, so everything not yet answered is the caller's to redo
+            self._events.append(SessionReset(self.peer, s.reset()))
+        log.info("connection to %s faulted: %s", self.peer, reason)
+        self._events.append(Fault(reason))
+
+    def _feed_data(self, mv: memoryview, pos: int) -> int:
+        cur = self._data_cursor
+        assert cur is not None
+        take = min(cur.remaining, len(mv) - pos)
+        done = 0
+        while done < take:
+            dst = cur.current()
+            k = min(len(dst), take - done)
+            chunk = mv[pos + done : pos + done + k]
+            if not self._skip:
+                dst[:k] = chunk
+                self.copied_bytes += k
+            if self.crc:
+                self._data_crc = crc32c(chunk, self._data_crc)
+            cur.advance(k)
+            done += k
+        if cur.remaining == 0:
+            self._state, self._want, self._have = _S_FOOTER, FOOTER_LEN, 0
+        return pos + take
+
+    def _expect(self, state: int, want: int) -> None:
+        self._state, self._want = state, want
+
+    def _section(self, buf: memoryview) -> None:
+        st = self._state
+        if st == _S_TAG:
+            self._on_tag(buf[0])
+        elif st == _S_HEADER:
+            self._on_header(buf)
+        elif st == _S_FRONT:
+            self._front = bytes(buf)  # small, and it must outlive the staging buffer
+            self._after_front()
+        elif st == _S_MIDDLE:
+            self._middle = bytes(buf)
+            self._start_data()
+        elif st == _S_FOOTER:
+            self._on_footer(buf)
+        elif st == _S_U64:
+            self._on_u64(U64.unpack(buf)[0])
+        elif st == _S_BANNER:
+            if bytes(buf) != BANNER:
+                raise ProtocolError(f"bad banner {bytes(buf)!r}")
+            if self.client:
+                self._expect(_S_REPLY, CONNECT_REPLY.size)
+            else:
+                self._expect(_S_CONNECT, CONNECT.size)
+        elif st == _S_CONNECT:
+            fields = CONNECT.unpack(buf)
+            if fields[-1] > self.limits.max_auth:
+                raise ProtocolError(f"auth length {fields[-1]} over the limit")
+            self._pending_connect = fields
+            if fields[-1]:
+                self._expect(_S_CONNECT_AUTH, fields[-1])
+            else:
+                self._on_connect(fields, b"")
+        elif st == _S_CONNECT_AUTH:
+            assert self._pending_connect is not None
+            self._on_connect(self._pending_connect, bytes(buf))
+        elif st == _S_REPLY:
+            fields = CONNECT_REPLY.unpack(buf)
+            if fields[-1] > self.limits.max_auth:
+                raise ProtocolError(f"auth length {fields[-1]} over the limit")
+            self._pending_connect = fields
+            if fields[-1]:
+                self._expect(_S_REPLY_AUTH, fields[-1])
+            else:
+                self._on_reply(fields, b"")
+        elif st == _S_REPLY_AUTH:
+            assert self._pending_connect is not None
+            self._on_reply(self._pending_connect, bytes(buf))
+        else:  # pragma: no cover
+            raise ProtocolError(f"internal: no section in state {st}")
+
+    # -- handshake ----------------------------------------------------------------------
+
+    def _on_connect(self, f: tuple, auth: bytes) -> None:
+        """Accepting side: decide what to do with a peer's connect (Ceph msgr v1 rules)."""
+        _features, ptype, pnum, pnonce, gseq, cseq, peer_in_seq, flags, _alen = f
+        peer = EntityName(ptype, pnum)
+        self.peer = peer
+        reg = self.registry
+        assert reg is not None
+        lossy = bool(flags & CONNECT_FLAG_LOSSY)
+        s = reg.get(peer)
+        if s is not None and gseq <= s.peer_global_seq and s.peer_nonce == pnonce:
+            self._reply(TAG_RETRY_GLOBAL, s.peer_global_seq, 0, 0)
+            return self._expect(_S_CONNECT, CONNECT.size)
+        if s is None or s.peer_nonce != pnonce or lossy:
+            if cseq > 0 and not lossy:
+                # the peer believes in a session we do not have: we restarted
+                self._reply(TAG_RESETSESSION, 0, 0, 0)
+                return self._expect(_S_CONNECT, CONNECT.size)
+            if s is not None:
+                self._events.append(PeerReset(peer))
+            s = Session(lossy=lossy, peer=peer, peer_nonce=pnonce)
+            reg.sessions[peer] = s
+        elif cseq == 0:
+            # same peer, but it reset its side of the session
+            self._events.append(PeerReset(peer))
+            s.reset()
+        elif cseq < s.connect_seq:
+            self._reply(TAG_RETRY_SESSION, 0, s.connect_seq, 0)
+            return self._expect(_S_CONNECT, CONNECT.size)
+        s.peer_global_seq = gseq
+        s.connect_seq = cseq + 1
+        if isinstance(s.owner, Connection) and s.owner is not self:
+            s.owner._fault("replaced by a new connection from the same peer")
+        s.owner = self
+        self.session = s
+        s.requeue_sent(peer_in_seq)
+        self._acked_out = s.in_seq
+        self._reply(TAG_READY, self.global_seq, s.connect_seq, s.in_seq)
+        self._opened(peer, pnonce)
+
+    def _reply(self, tag: int, gseq: int, cseq: int, in_seq: int) -> None:
+        self._push(
+            CONNECT_REPLY.pack(
+                tag, PROTOCOL_FEATURES, self.me.type, self.me.num, self.nonce, gseq, cseq,
+                in_seq, 0, 0,
+            )
+        )
+
+    def _on_reply(self, f: tuple, auth: bytes) -> None:
+        """Connecting side: act on the accepting side's verdict."""
+        tag, _features, ptype, pnum, pnonce, gseq, cseq, peer_in_seq, _flags, _alen = f
+        s = self.session
+        assert s is not None
+        peer = EntityName(ptype, pnum)
+        if tag == TAG_READY:
+            if s.peer_nonce and s.peer_nonce != pnonce and not s.lossy:
+                # a different incarnation accepted a resumed session: treat as a reset
+                self._session_reset(peer)
+            s.peer, s.peer_nonce = peer, pnonce
+            s.connect_seq = cseq
+            s.owner = self
+            s.requeue_sent(peer_in_seq)
+            self._acked_out = s.in_seq
+            self._opened(peer, pnonce)
+        elif tag == TAG_RESETSESSION:
+            self._session_reset(peer)
+            self._send_connect()
+            self._expect(_S_REPLY, CONNECT_REPLY.size)
+        elif tag == TAG_RETRY_SESSION:
+            s.connect_seq = cseq
+            self._send_connect()
+            self._expect(_S_REPLY, CONNECT_REPLY.size)
+        elif tag == TAG_RETRY_GLOBAL:
+            self.global_seq = gseq + 1
+            self._send_connect()
+            self._expect(_S_REPLY, CONNECT_REPLY.size)
+        elif tag == TAG_WAIT:
+            raise ProtocolError("peer asked us to wait")
+        elif tag == TAG_BADAUTH:
+            raise ProtocolError("authentication rejected by peer")
+        else:
+            raise ProtocolError(f"unknown connect reply tag {tag}")
+
+    def _session_reset(self, peer: EntityName) -> None:
+        s = self.session
+        assert s is not None
+        dropped = s.reset()
+        s.peer_nonce = 0
+        self._events.append(SessionReset(peer, dropped))
+
+    def _opened(self, peer: EntityName, nonce: int) -> None:
+        self.peer = peer
+        self.open = True
+        self._expect(_S_TAG, 1)
+        self._events.append(HandshakeDone(peer, nonce))
+
+    # -- frames -------------------------------------------------------------------------
+
+    def _on_tag(self, tag: int) -> None:
+        if tag == TAG_MSG:
+            self._expect(_S_HEADER, HEADER_LEN)
+        elif tag in (TAG_ACK, TAG_KEEPALIVE, TAG_KEEPALIVE_ACK):
+            self._u64_tag = tag
+            self._expect(_S_U64, 8)
+        elif tag == TAG_CLOSE:
+            self.open = False
+            self._state = _S_DONE
+            if self.session is not None and self.registry is not None and self.peer:
+                self.registry.remove(self.peer)
+            self._events.append(Closed())
+        else:
+            raise ProtocolError(f"unknown tag {tag}")
+
+    def _on_u64(self, v: int) -> None:
+        tag = self._u64_tag
+        s = self.session
+        assert s is not None
+        if tag == TAG_ACK:
+            if v > s.out_seq:
+                raise ProtocolError(f"ack {v} for a message never sent (last {s.out_seq})")
+            s.acked(v)
+        elif tag == TAG_KEEPALIVE:
+            self._push(_TAG_U64.pack(TAG_KEEPALIVE_ACK, v))
+            self._events.append(KeepaliveReceived(v))
+        else:
+            self._events.append(KeepaliveAck(v))
+        self._expect(_S_TAG, 1)
+
+    def _on_header(self, buf: memoryview) -> None:
+        try:
+            h = decode_header(buf)
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
+        lim = self.limits
+        if h.front_len > lim.max_front:
+            raise ProtocolError(f"front_len {h.front_len} over the limit {lim.max_front}")
+        if h.middle_len > lim.max_middle:
+            raise ProtocolError(f"middle_len {h.middle_len} over the limit {lim.max_middle}")
+        if h.data_len > lim.max_data:
+            raise ProtocolError(f"data_len {h.data_len} over the limit {lim.max_data}")
+        s = self.session
+        assert s is not None
+        if h.seq <= s.in_seq:
+            self._skip = True  # a replayed duplicate: read it past, deliver nothing
+        elif h.seq != s.in_seq + 1 and not s.lossy:
+            raise ProtocolError(f"seq {h.seq} skips ahead of {s.in_seq + 1}")
+        else:
+            self._skip = False
+        self._hdr = h
+        self._front = self._middle = b""
+        self._expect(_S_FRONT, h.front_len)
+        if h.front_len == 0:
+            self._after_front()
+
+    def _after_front(self) -> None:
+        assert self._hdr is not None
+        self._expect(_S_MIDDLE, self._hdr.middle_len)
+        if self._hdr.middle_len == 0:
+            self._start_data()
+
+    def _start_data(self) -> None:
+        h = self._hdr
+        assert h is not None
+        self._data_crc = 0
+        n = h.data_len
+        payload: Pages | BioChain | None = None
+        if n and self._skip:
+            segs = [memoryview(bytearray(min(n, 65536)))]
+            segs = segs * ((n + len(segs[0]) - 1) // len(segs[0]))
+            self._data_cursor = SegmentCursor(_clip(segs, n))
+        elif n:
+            segs = self.alloc_data(h) if self.alloc_data else None
+            if segs is not None and sum(len(s) for s in segs) >= n:
+                payload = BioChain(_clip(segs, n))
+            else:  # no destination offered (or too small): fresh pages, bounded by max_data
+                payload = Pages.alloc(n)
+            self._data_cursor = SegmentCursor(payload.segments())
+        self._data_payload = payload
+        if n:
+            self._expect(_S_DATA, n)
+        else:
+            self._expect(_S_FOOTER, FOOTER_LEN)
+
+    def _on_footer(self, buf: memoryview) -> None:
+        h = self._hdr
+        assert h is not None and self.session is not None
+        front_crc, middle_crc, data_crc, flags = FOOTER.unpack(buf)
+        if self.crc and not flags & FOOTER_NOCRC:
+            if crc32c(self._front) != front_crc:
+                raise ProtocolError(f"bad front crc (seq {h.seq})")
+            if crc32c(self._middle) != middle_crc:
+                raise ProtocolError(f"bad middle crc (seq {h.seq})")
+            if self._data_crc != data_crc:
+                raise ProtocolError(f"bad data crc (seq {h.seq})")
+        self._expect(_S_TAG, 1)
+        if self._skip:
+            self._skip = False
+            return
+        self.session.in_seq = h.seq
+        msg = Message(
+            type=h.type, front=self._front, middle=self._middle, data=self._data_payload,
+            tid=h.tid, priority=h.priority, version=h.version, data_off=h.data_off,
+            seq=h.seq, src=h.src,
+        )
+        self._data_payload = None
+        self._events.append(MessageReceived(msg))
+
+
+def _clip(segs: list[memoryview], n: int) -> list[memoryview]:
+    """The first ``n`` bytes of a list of segments, as views."""
+    out = []
+    for s in segs:
+        if n <= 0:
+            break
+        if len(s) > n:
+            s = s[:n]
+        out.append(s)
+        n -= len(s)
+    return out

@@ -1,0 +1,439 @@
+"""The trio driver around the sans-I/O Connection: sockets, tasks, timers, reconnects.
+
+Everything protocol-shaped lives in ``connection.py``; this module only moves bytes: it
+``sendmsg``s the connection's buffer list (no joining), ``recv_into``s either the
+upper layer's own data segments or a staging buffer, runs keepalives, and reconnects with
+backoff, replaying the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket as _stdsocket
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+from rbdpy.msgr.connection import (
+    Closed,
+    Connection,
+    Event,
+    Fault,
+    HandshakeDone,
+    KeepaliveAck,
+    KeepaliveReceived,
+    Limits,
+    MessageReceived,
+    PeerReset,
+    Session,
+    SessionRegistry,
+    SessionReset,
+)
+from rbdpy.msgr.message import EntityName, Message, MsgHeader
+
+log = logging.getLogger("rbdpy.msgr")
+
+IOV_MAX = 1024
+STAGING = 256 << 10
+
+Address = tuple[str, int] | str
+"""(host, port) for TCP, or a filesystem path for a unix socket."""
+
+
+class Dispatcher(Protocol):
+    """What the upper layer (OSD, objecter) gives the messenger."""
+
+    def alloc_data(self, peer: EntityName | None, header: MsgHeader) -> list[memoryview] | None:
+        """Where the data of this incoming message should land (None: fresh pages)."""
+
+    async def dispatch(self, peer: Peer, msg: Message) -> None:
+        """A message arrived, in order. Keep it short: spawn work that takes long."""
+
+    def on_reset(self, peer: Peer, dropped: list[Message]) -> None:
+        """Our session with ``peer`` was lost; ``dropped`` were never acknowledged."""
+
+    def on_peer_reset(self, peer: Peer) -> None:
+        """``peer`` restarted and opened a fresh session."""
+
+
+class Peer:
+    """A session with one peer, and whatever connection carries it right now."""
+
+    def __init__(self, msgr: Messenger, session: Session, addr: Address | None) -> None:
+        self.msgr = msgr
+        self.session = session
+        self.addr = addr
+        self.conn: Connection | None = None
+        self.closed = False
+        self.connected = trio.Event()
+        self._wake = trio.Event()
+
+    @property
+    def name(self) -> EntityName | None:
+        return self.session.peer
+
+    def send(self, msg: Message) -> None:
+        """Queue a message; it is numbered now and sent (or replayed) when connected."""
+        if self.closed:
+            raise ConnectionError(f"session with {self.name} is closed")
+        self.session.queue(msg)
+        self._wake.set()
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        """End the session: tell the peer (best effort) and stop reconnecting."""
+        self.closed = True
+        if self.conn is not None:
+            self.conn.close()
+        self._wake.set()
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.name} {self.addr}>"
+
+
+class Messenger:
+    """Listens, connects, sends and dispatches; use as ``async with Messenger(...) as m``."""
+
+    def __init__(
+        self,
+        me: EntityName,
+        dispatcher: Dispatcher,
+        *,
+        limits: Limits | None = None,
+        crc: bool = True,
+        lossy: bool = False,
+        keepalive_interval: float = 5.0,
+        keepalive_timeout: float = 20.0,
+        backoff: tuple[float, float] = (0.02, 2.0),
+        auth: bytes = b"",
+    ) -> None:
+        self.me = me
+        self.dispatcher = dispatcher
+        self.limits = limits or Limits()
+        self.crc = crc
+        self.lossy = lossy
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
+        self.backoff = backoff
+        self.auth = auth
+        self.nonce = random.getrandbits(63) | 1
+        self.registry = SessionRegistry()
+        self.incoming: dict[EntityName, Peer] = {}
+        self.outgoing: dict[Address, Peer] = {}
+        self.listeners: list[trio.SocketListener] = []
+        self.copied_bytes = 0
+        self._global_seq = 0
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: trio.Nursery | None = None
+
+    async def __aenter__(self) -> Messenger:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        self.shutdown()
+        return await self._nursery_cm.__aexit__(*exc)  # type: ignore[union-attr]
+
+    def shutdown(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "use the messenger as an async context manager"
+        return self._nursery
+
+    # -- listening ------------------------------------------------------------------------
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Accept connections on TCP; returns the bound address (port 0 picks one)."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        return self._serve_listeners(listeners)
+
+    async def listen_unix(self, path: str) -> str:
+        sock = trio.socket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+        if os.path.exists(path):
+            os.unlink(path)
+        await sock.bind(path)
+        sock.listen(128)
+        self._serve_listeners([trio.SocketListener(sock)])
+        return path
+
+    def _serve_listeners(self, listeners: list[trio.SocketListener]) -> tuple[str, int]:
+        self.listeners.extend(listeners)
+        for lst in listeners:
+            self.nursery.start_soon(self._accept_loop, lst)
+        addr = listeners[0].socket.getsockname()
+        return addr if isinstance(addr, str) else (addr[0], addr[1])
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                self.nursery.start_soon(self._run_incoming, stream)
+
+    async def _run_incoming(self, stream: trio.SocketStream) -> None:
+        _tune(stream.socket)
+        conn = self._new_connection(client=False, session=None)
+        try:
+            await self._drive(None, conn, stream.socket)
+        finally:
+            await _aclose(stream)
+
+    # -- connecting -----------------------------------------------------------------------
+
+    def connect(self, addr: Address, *, lossy: bool | None = None) -> Peer:
+        """The session to ``addr`` (created on first use); it (re)connects in the background."""
+        peer = self.outgoing.get(addr)
+        if peer is None or peer.closed:
+            session = Session(lossy=self.lossy if lossy is None else lossy)
+            peer = Peer(self, session, addr)
+            self.outgoing[addr] = peer
+            self.nursery.start_soon(self._run_outgoing, peer)
+        return peer
+
+    async def _run_outgoing(self, peer: Peer) -> None:
+        delay = self.backoff[0]
+        while not peer.closed:
+            try:
+                sock = await _open(peer.addr)  # type: ignore[arg-type]
+            except OSError as e:
+                log.debug("connect failed", extra={"addr": peer.addr, "error": str(e)})
+                await trio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            conn = self._new_connection(client=True, session=peer.session)
+            try:
+                handshook = await self._drive(peer, conn, sock)
+            finally:
+                sock.close()
+            if handshook:
+                delay = self.backoff[0]
+            elif not peer.closed:
+                await trio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.backoff[1])
+
+    def _new_connection(self, *, client: bool, session: Session | None) -> Connection:
+        self._global_seq += 1
+        holder: list[Connection] = []
+
+        def alloc(h: MsgHeader) -> list[memoryview] | None:
+            return self.dispatcher.alloc_data(holder[0].peer, h)
+
+        conn = Connection(
+            self.me, self.nonce, client=client, session=session,
+            registry=None if client else self.registry, alloc_data=alloc, limits=self.limits,
+            global_seq=self._global_seq, crc=self.crc, auth=self.auth,
+        )
+        holder.append(conn)
+        return conn
+
+    # -- one connection's life ------------------------------------------------------------
+
+    async def _drive(self, peer: Peer | None, conn: Connection, sock: trio.socket.SocketType
+                     ) -> bool:
+        """Run reader, writer and keepalive until the connection faults; True if it opened."""
+        state = _Driven(peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                state.nursery = nursery
+                for task in (self._reader, self._writer):
+                    nursery.start_soon(self._guard, task, state, conn, sock)
+                nursery.start_soon(self._keepalive, state, conn)
+        finally:
+            self.copied_bytes += conn.copied_bytes
+            conn.copied_bytes = 0
+            if state.peer is not None and state.peer.conn is conn:
+                state.peer.conn = None
+                state.peer.connected = trio.Event()
+        return state.opened
+
+    async def _guard(self, task: Callable[..., Awaitable[None]], state: _Driven,
+                     conn: Connection, sock: trio.socket.SocketType) -> None:
+        """Run one side of the connection; whatever ends it ends the whole connection."""
+        try:
+            await task(state, conn, sock)
+        except OSError as e:
+            await self._handle(state, conn, conn.fault(f"socket error: {e}"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            await self._handle(state, conn, conn.fault(f"socket closed: {e}"))
+        finally:
+            state.nursery.cancel_scope.cancel()  # type: ignore[union-attr]
+
+    async def _reader(self, state: _Driven, conn: Connection, sock: trio.socket.SocketType
+                      ) -> None:
+        staging = memoryview(bytearray(STAGING))
+        while True:
+            target = conn.recv_target()
+            if target is not None:
+                n = await sock.recv_into(target)
+                events = conn.received_direct(n) if n else conn.eof()
+            else:
+                n = await sock.recv_into(staging)
+                events = conn.feed(staging[:n]) if n else conn.eof()
+            state.last_rx = trio.current_time()
+            if events:
+                await self._handle(state, conn, events)
+            if conn.has_output():
+                if state.peer is not None:
+                    state.peer.kick()
+                else:
+                    state.wake.set()
+            if conn.faulted or not n or state.finished:
+                return
+
+    async def _writer(self, state: _Driven, conn: Connection, sock: trio.socket.SocketType
+                      ) -> None:
+        while True:
+            if conn.faulted or state.finished:
+                return
+            peer = state.peer
+            if peer is not None and peer.conn is not conn:
+                # an incoming session replaced by a newer connection, or not yet bound
+                if conn.open:
+                    return
+            bufs = conn.data_to_send()
+            if not bufs:
+                if peer is not None and peer.closed and not conn.open:
+                    return
+                wake = peer._wake if peer is not None else state.wake
+                await wake.wait()
+                if peer is not None and peer._wake is wake:
+                    peer._wake = trio.Event()
+                elif state.wake is wake:
+                    state.wake = trio.Event()
+                continue
+            n = await sock.sendmsg(bufs[:IOV_MAX])
+            conn.sent(n)
+
+    async def _keepalive(self, state: _Driven, conn: Connection) -> None:
+        while True:
+            await trio.sleep(self.keepalive_interval)
+            idle = trio.current_time() - state.last_rx
+            if idle > self.keepalive_timeout:
+                await self._handle(state, conn, conn.fault(f"no data from peer for {idle:.1f}s"))
+                state.nursery.cancel_scope.cancel()  # type: ignore[union-attr]
+                return
+            conn.send_keepalive(int(trio.current_time() * 1e6))
+            if state.peer is not None:
+                state.peer.kick()
+
+    async def _handle(self, state: _Driven, conn: Connection, events: list[Event]) -> None:
+        d = self.dispatcher
+        for ev in events:
+            if isinstance(ev, MessageReceived):
+                await d.dispatch(state.peer, ev.msg)  # type: ignore[arg-type]
+            elif isinstance(ev, HandshakeDone):
+                state.opened = True
+                peer = state.peer
+                if peer is None:  # accepting side: find or make the Peer for this session
+                    assert conn.session is not None
+                    peer = self.incoming.get(ev.peer)
+                    if peer is None or peer.session is not conn.session:
+                        peer = Peer(self, conn.session, None)
+                        self.incoming[ev.peer] = peer
+                    state.peer = peer
+                    state.wake.set()
+                if peer.conn is not None and peer.conn is not conn:
+                    peer.conn.fault("replaced by a new connection")
+                peer.conn = conn
+                peer.connected.set()
+                peer.kick()
+            elif isinstance(ev, SessionReset):
+                d.on_reset(state.peer or self._orphan(conn), ev.dropped)
+            elif isinstance(ev, PeerReset):
+                old = self.incoming.pop(ev.peer, None)
+                if old is not None:
+                    d.on_peer_reset(old)
+            elif isinstance(ev, Fault):
+                pass  # logged by the connection; the reconnect loop or the peer takes over
+            elif isinstance(ev, Closed):
+                if state.peer is not None:
+                    state.peer.closed = True
+                    self.incoming.pop(conn.peer, None)  # type: ignore[arg-type]
+                state.finished = True
+            elif isinstance(ev, KeepaliveReceived | KeepaliveAck):
+                pass
+
+    def _orphan(self, conn: Connection) -> Peer:
+        assert conn.session is not None
+        return Peer(self, conn.session, None)
+
+
+class _Driven:
+    """Per-connection driver state shared by its reader, writer and keepalive tasks."""
+
+    def __init__(self, peer: Peer | None) -> None:
+        self.peer = peer
+        self.opened = False
+        self.last_rx = trio.current_time()
+        self.wake = trio.Event()
+        self.finished = False
+        self.nursery: trio.Nursery | None = None
+
+
+def _tune(sock: trio.socket.SocketType) -> None:
+    if sock.family in (_stdsocket.AF_INET, _stdsocket.AF_INET6):
+        sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+
+
+async def _open(addr: Address) -> trio.socket.SocketType:
+    if isinstance(addr, str):
+        sock = trio.socket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+        try:
+            await sock.connect(addr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    stream = await trio.open_tcp_stream(addr[0], addr[1])
+    _tune(stream.socket)
+    return stream.socket
+
+
+async def _aclose(stream: trio.SocketStream) -> None:
+    with trio.CancelScope(shield=True):
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+DispatchFn = Callable[[Peer, Message], Awaitable[None]]
+
+
+class SimpleDispatcher:
+    """A Dispatcher from plain callables: handy for tools, tests and benchmarks."""
+
+    def __init__(
+        self,
+        dispatch: DispatchFn,
+        alloc_data: Callable[[EntityName | None, MsgHeader], list[memoryview] | None]
+        | None = None,
+        on_reset: Callable[[Peer, list[Message]], None] | None = None,
+        on_peer_reset: Callable[[Peer], None] | None = None,
+    ) -> None:
+        self._dispatch = dispatch
+        self._alloc = alloc_data
+        self._on_reset = on_reset
+        self._on_peer_reset = on_peer_reset
+
+    def alloc_data(self, peer: EntityName | None, header: MsgHeader) -> list[memoryview] | None:
+        return self._alloc(peer, header) if self._alloc else None
+
+    async def dispatch(self, peer: Peer, msg: Message) -> None:
+        await self._dispatch(peer, msg)
+
+    def on_reset(self, peer: Peer, dropped: list[Message]) -> None:
+        if self._on_reset:
+            self._on_reset(peer, dropped)
+
+    def on_peer_reset(self, peer: Peer) -> None:
+        if self._on_peer_reset:
+            self._on_peer_reset(peer)
