@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import crcmod.predefined
+
 Buffer = bytes | bytearray | memoryview
 """Any bytes-like object (``collections.abc.Buffer`` arrives only in 3.12)."""
-
-import crcmod.predefined
 
 _reference_fn = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
 

@@ -294,10 +294,8 @@ class Messenger:
             if conn.faulted or state.finished:
                 return
             peer = state.peer
-            if peer is not None and peer.conn is not conn:
-                # an incoming session replaced by a newer connection, or not yet bound
-                if conn.open:
-                    return
+            if peer is not None and peer.conn is not conn and conn.open:
+                return  # replaced by a newer connection of the same session
             bufs = conn.data_to_send()
             if not bufs:
                 if peer is not None and peer.closed and not conn.open:
