@@ -17,6 +17,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 from rbdpy.crc import crc32c
 from rbdpy.msgr.message import (
@@ -257,6 +258,7 @@ class Connection:
         self._data_cursor: SegmentCursor | None = None
         self._data_crc = 0
         self._skip = False
+        self._last_data_len = 0
         self._pending_connect: tuple | None = None
         self._push(memoryview(BANNER))
         if client:
@@ -307,19 +309,26 @@ class Connection:
             self._push(seg)
         self._push(msg._wire_foot)
 
-    def data_to_send(self) -> list[memoryview]:
-        """Every buffer waiting to be written, in order (hand a prefix to ``sendmsg``)."""
+    def data_to_send(self, max_bufs: int = 1024, max_bytes: int = 8 << 20) -> list[memoryview]:
+        """The next buffers to write, in order: a prefix of at most ``max_bufs`` views.
+
+        Messages are framed lazily, only as far as the budget reaches, so a deep queue costs
+        nothing until its turn (and a ``sendmsg`` never sees more than the iovec limit).
+        """
         s = self.session
         if self.open and s is not None and not self.faulted:
             if s.in_seq > self._acked_out:
                 self._acked_out = s.in_seq
                 self._push(_TAG_U64.pack(TAG_ACK, s.in_seq))
-            while s.unsent:
-                msg = s.unsent.popleft()
+            unsent, out = s.unsent, self._out
+            while unsent and len(out) < max_bufs and self._out_bytes < max_bytes:
+                msg = unsent.popleft()
                 self._frame(msg)
                 if not s.lossy:
                     s.sent.append(msg)
-        return list(self._out)
+        if len(self._out) <= max_bufs:
+            return list(self._out)
+        return list(islice(self._out, max_bufs))
 
     def has_output(self) -> bool:
         s = self.session
@@ -354,6 +363,15 @@ class Connection:
             if len(cur) >= DIRECT_MIN:
                 return cur
         return None
+
+    def staging_hint(self, size: int) -> int:
+        """How much a staging ``recv_into`` should ask for.
+
+        After a message with a big data section, the next one probably has one too: ask only
+        for a little more than its header, so the data goes to ``recv_target`` instead of
+        being copied out of the staging buffer.
+        """
+        return min(size, 1024) if self._last_data_len >= DIRECT_MIN * 4 else size
 
     def received_direct(self, n: int) -> list[Event]:
         """``n`` bytes were received into ``recv_target()``."""
@@ -666,6 +684,7 @@ class Connection:
         assert h is not None
         self._data_crc = 0
         n = h.data_len
+        self._last_data_len = n
         payload: Pages | BioChain | None = None
         if n and self._skip:
             segs = [memoryview(bytearray(min(n, 65536)))]

@@ -275,7 +275,7 @@ class Messenger:
                 n = await sock.recv_into(target)
                 events = conn.received_direct(n) if n else conn.eof()
             else:
-                n = await sock.recv_into(staging)
+                n = await sock.recv_into(staging[: conn.staging_hint(STAGING)])
                 events = conn.feed(staging[:n]) if n else conn.eof()
             state.last_rx = trio.current_time()
             if events:
@@ -296,7 +296,7 @@ class Messenger:
             peer = state.peer
             if peer is not None and peer.conn is not conn and conn.open:
                 return  # replaced by a newer connection of the same session
-            bufs = conn.data_to_send()
+            bufs = conn.data_to_send(IOV_MAX)
             if not bufs:
                 if peer is not None and peer.closed and not conn.open:
                     return
@@ -307,7 +307,7 @@ class Messenger:
                 elif state.wake is wake:
                     state.wake = trio.Event()
                 continue
-            n = await sock.sendmsg(bufs[:IOV_MAX])
+            n = await sock.sendmsg(bufs)
             conn.sent(n)
 
     async def _keepalive(self, state: _Driven, conn: Connection) -> None:
