@@ -22,6 +22,282 @@ def _hostport(s: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+def parse_size(s: str) -> int:
+    """``10G``, ``4M``, ``512K``, ``4096``, ``1.5G`` (binary units, like rbd)."""
+    t = s.strip().upper().removesuffix("IB").removesuffix("B") if s else ""
+    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
+    num = t[: len(t) - len(unit)] if unit else t
+    try:
+        val = float(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {s!r} (examples: 10G, 4M, 4096)") from None
+    n = int(val * _UNITS[unit])
+    if n < 0 or val != val:
+        raise argparse.ArgumentTypeError(f"bad size {s!r}")
+    return n
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _cfg(args: argparse.Namespace):  # noqa: ANN202
+    from rbdpy import config
+
+    try:
+        return config.load(config.locate(args.cluster))
+    except config.ConfigError as e:
+        raise UserError(str(e)) from None
+
+
+def _rados(args: argparse.Namespace):  # noqa: ANN202
+    from rbdpy.client.rados import ClusterUnavailable, Rados
+
+    r = Rados(_cfg(args))
+    try:
+        r.wait_ready(timeout=args.timeout)
+    except ClusterUnavailable as e:
+        r.close()
+        raise UserError(f"{e} (is the cluster up? 'rbdpy cluster status')") from None
+    return r
+
+
+def _image_errors(fn):  # noqa: ANN001, ANN202
+    """Image and OSD errors are user errors: one line, no traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        from rbdpy.client.objecter import OSDError
+        from rbdpy.rbd.image import ImageError
+
+        try:
+            return fn(args)
+        except ImageError as e:
+            raise UserError(str(e)) from None
+        except OSDError as e:
+            raise UserError(f"cluster error: {e}") from None
+    return wrapper
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from rbdpy import config, localcluster
+
+    path = config.locate(args.cluster)
+    if args.action == "up":
+        data = path.parent
+        cfg = localcluster.init(data, osds=args.osds)
+        try:
+            localcluster.up(cfg)
+        except localcluster.ClusterError as e:
+            raise UserError(str(e)) from None
+        print(f"cluster up: {len(cfg.osdmap.osds)} OSD(s), cluster file {cfg.path}")
+        return 0
+    cfg = _cfg(args)
+    if args.action == "down":
+        stopped = localcluster.down(cfg)
+        print(f"cluster down: stopped {len(stopped)} OSD(s)")
+        return 0
+    rows = localcluster.status(cfg)
+    for osd_id, addr, pid, answering in rows:
+        state = "up" if pid and answering else ("starting" if pid else "down")
+        print(f"osd.{osd_id}  {addr:<22} {state:<8} pid {pid or '-'}")
+    return 0 if all(p and a for _i, _a, p, a in rows) else 3
+
+
+@_image_errors
+def cmd_create(args: argparse.Namespace) -> int:
+    order = (args.object_size.bit_length() - 1) if args.object_size else 22
+    if args.object_size and (1 << order) != args.object_size:
+        raise UserError("--object-size must be a power of two (4K..32M)")
+    with _rados(args) as r:
+        r.create_image(args.name, args.size, order=order)
+    return 0
+
+
+@_image_errors
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _rados(args) as r:
+        for name in sorted(r.list_images()):
+            print(name)
+    return 0
+
+
+@_image_errors
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    with _rados(args) as r:
+        info = r.open_image(args.name, read_only=True).info
+    if args.format == "json":
+        print(json.dumps({"name": info.name, "id": info.id, "size": info.size,
+                          "order": info.order, "object_size": info.object_size,
+                          "objects": info.num_objects, "stripe_unit": info.stripe_unit,
+                          "stripe_count": info.stripe_count, "features": info.features}))
+        return 0
+    print(f"rbd image '{info.name}':")
+    print(f"\tsize {human(info.size)} in {info.num_objects} objects")
+    print(f"\torder {info.order} ({human(info.object_size)} objects)")
+    print(f"\tid: {info.id}")
+    print(f"\tblock_name_prefix: rbd_data.{info.id}")
+    print(f"\tstripe unit: {human(info.stripe_unit)}, stripe count: {info.stripe_count}")
+    print(f"\tfeatures: {', '.join(info.features)}")
+    return 0
+
+
+@_image_errors
+def cmd_resize(args: argparse.Namespace) -> int:
+    with _rados(args) as r:
+        img = r.open_image(args.name)
+        if args.size < img.size and not args.allow_shrink:
+            raise UserError("shrinking loses data: add --allow-shrink")
+        img.resize(args.size)
+    return 0
+
+
+@_image_errors
+def cmd_rm(args: argparse.Namespace) -> int:
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rRemoving image: {100 * done // max(total, 1)}% complete...",
+                  end="", file=sys.stderr, flush=True)
+
+    with _rados(args) as r:
+        r.remove_image(args.name, progress)
+    if sys.stderr.isatty():
+        print("\rRemoving image: 100% complete...done.", file=sys.stderr)
+    return 0
+
+
+@_image_errors
+def cmd_du(args: argparse.Namespace) -> int:
+    with _rados(args) as r:
+        names = [args.name] if args.name else sorted(r.list_images())
+        print(f"{'NAME':<24} {'PROVISIONED':>12} {'USED':>12}")
+        for name in names:
+            img = r.open_image(name, read_only=True)
+            used = img.du()
+            if args.bytes:
+                print(f"{name:<24} {img.size:>12} {used:>12}")
+            else:
+                print(f"{name:<24} {human(img.size):>12} {human(used):>12}")
+    return 0
+
+
+def plugin_path() -> str:
+    from pathlib import Path
+
+    import rbdpy
+
+    return str(Path(rbdpy.__file__).resolve().parent.parent / "nbdplugin" / "rbdpy_nbd.py")
+
+
+def nbdkit_command(args: argparse.Namespace, cfg_path: str) -> list[str]:
+    cmd = ["nbdkit", "--exit-with-parent"] if args.foreground else ["nbdkit"]
+    if args.foreground:
+        cmd.append("--foreground")
+    if args.socket:
+        cmd += ["--unix", args.socket]
+    else:
+        cmd += ["--port", str(args.port), "--ipaddr", args.bind]
+    if getattr(args, "pidfile", None):
+        cmd += ["--pidfile", args.pidfile]
+    cmd += ["python", plugin_path(), f"cluster={cfg_path}", f"image={args.name}"]
+    if args.readonly:
+        cmd.append("readonly=1")
+    return cmd
+
+
+def _clear_stale_socket(path: str) -> None:
+    """A socket file nobody listens on (left by a killed server) would block nbdkit."""
+    import os
+    import socket
+
+    if not os.path.exists(path):
+        return
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)
+            return
+        except OSError:
+            return
+    raise UserError(f"{path} is in use by a running server")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    if shutil.which("nbdkit") is None:
+        raise UserError("nbdkit is not installed (run scripts/install.sh)")
+    cfg = _cfg(args)
+    if args.socket:
+        _clear_stale_socket(args.socket)
+    cmd = nbdkit_command(args, str(cfg.path))
+    if not args.foreground:
+        args.pidfile = args.pidfile or str(cfg.dir / f"nbdkit.{args.name}.pid")
+        cmd = nbdkit_command(args, str(cfg.path))
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise UserError(f"nbdkit exited with status {rc}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """The embedded default: local cluster, image disk0, served in the foreground."""
+    import signal
+    import subprocess
+
+    from rbdpy import config, localcluster
+    from rbdpy.rbd.image import ImageError
+
+    rlog.setup(args.log_level)
+    path = config.locate(args.cluster or args.data)
+    cfg = localcluster.init(path.parent, osds=args.osds)
+    try:
+        localcluster.up(cfg)
+    except localcluster.ClusterError as e:
+        raise UserError(str(e)) from None
+    args.cluster = str(cfg.path)
+    with _rados(args) as r:
+        if args.name not in r.list_images():
+            try:
+                r.create_image(args.name, args.size)
+                print(f"created image {args.name} ({human(args.size)}, thin)")
+            except ImageError as e:
+                raise UserError(str(e)) from None
+    args.foreground, args.socket, args.readonly, args.pidfile = True, None, False, None
+    cmd = nbdkit_command(args, str(cfg.path))
+    host = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
+    url = f"nbd://{host}:{args.port}"
+    print(f"""serving image {args.name} at {url}  (Ctrl-C stops everything)
+
+  attach:   nbd-client {host} {args.port} /dev/nbd0 -N {args.name}
+  qemu-img: qemu-img convert -p -n -O raw disk.img {url}
+  fio:      fio --name=t --ioengine=nbd --uri={url} --rw=randwrite --bs=4k --iodepth=32 \\
+                --size=1G --time_based --runtime=30
+""", flush=True)
+    proc = subprocess.Popen(cmd)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait()
+    finally:
+        stopped = localcluster.down(cfg)
+        print(f"stopped nbdkit and {len(stopped)} OSD(s); data kept in {cfg.dir}", flush=True)
+    return 0 if rc in (0, -signal.SIGTERM) else rc
+
+
 def cmd_osd(args: argparse.Namespace) -> int:
     import trio
 
@@ -44,11 +320,63 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--data", required=True, help="the OSD's data directory")
     o.add_argument("--listen", type=_hostport, default=("127.0.0.1", 6800))
     o.set_defaults(fn=cmd_osd)
+
+    c = sub.add_parser("cluster", help="local cluster control")
+    c.add_argument("action", choices=["up", "down", "status"])
+    c.add_argument("--data", help="data directory (same as --cluster)")
+    c.add_argument("--osds", type=int, default=1, help="OSDs to create on first 'up'")
+    c.set_defaults(fn=cmd_cluster)
+
+    def image_cmd(name: str, fn, helptext: str) -> argparse.ArgumentParser:  # noqa: ANN001
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = image_cmd("create", cmd_create, "create a thin image")
+    sp.add_argument("name")
+    sp.add_argument("--size", type=parse_size, required=True)
+    sp.add_argument("--object-size", type=parse_size, default=None)
+    image_cmd("ls", cmd_ls, "list images")
+    sp = image_cmd("info", cmd_info, "show an image")
+    sp.add_argument("name")
+    sp.add_argument("--format", choices=["plain", "json"], default="plain")
+    sp = image_cmd("resize", cmd_resize, "grow or shrink an image")
+    sp.add_argument("name")
+    sp.add_argument("--size", type=parse_size, required=True)
+    sp.add_argument("--allow-shrink", action="store_true")
+    sp = image_cmd("rm", cmd_rm, "remove an image and its data")
+    sp.add_argument("name")
+    sp = image_cmd("du", cmd_du, "provisioned and used space")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--bytes", action="store_true", help="exact byte counts")
+
+    sv = sub.add_parser("serve", help="serve an image over NBD with nbdkit")
+    sv.add_argument("name")
+    sv.add_argument("--port", type=int, default=10809)
+    sv.add_argument("--bind", default="127.0.0.1")
+    sv.add_argument("--socket", help="unix socket path instead of TCP")
+    sv.add_argument("--readonly", action="store_true")
+    sv.add_argument("--foreground", action="store_true")
+    sv.add_argument("--pidfile")
+    sv.set_defaults(fn=cmd_serve)
+
+    u = sub.add_parser("up", help="local cluster + image disk0 + NBD server (foreground)")
+    u.add_argument("--data", default=None, help="data directory (default ./rbdpy-data)")
+    u.add_argument("--name", default="disk0")
+    u.add_argument("--size", type=parse_size, default=10 << 30)
+    u.add_argument("--osds", type=int, default=1)
+    u.add_argument("--port", type=int, default=10809)
+    u.add_argument("--bind", default="127.0.0.1")
+    u.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    u.set_defaults(fn=cmd_up)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "data", None) and args.cmd == "cluster":
+        args.cluster = args.data
     try:
         return args.fn(args)
     except UserError as e:

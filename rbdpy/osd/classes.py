@@ -39,6 +39,7 @@ class ClsContext(Protocol):
     def setxattr(self, name: str, value: bytes) -> None: ...
     def rmxattr(self, name: str) -> None: ...
     def remove(self) -> None: ...
+    def allocated(self) -> int: ...
 
 
 Method = Callable[[ClsContext, bytes], bytes]
@@ -213,3 +214,31 @@ def rbd_dir_list(ctx: ClsContext, indata: bytes) -> bytes:
     if not ctx.exists():
         return _out({})
     return _out({k[5:]: v.decode() for k, v in ctx.getxattrs().items() if k.startswith("name.")})
+
+
+@method("rbd", "objmap_set", write=True)
+def rbd_objmap_set(ctx: ClsContext, indata: bytes) -> bytes:
+    """Set bits [start, end) of an object-map object to ``value`` (atomic on the OSD)."""
+    a = _j(indata)
+    start, end, value = int(a.get("start", 0)), int(a.get("end", 0)), bool(a.get("value"))
+    if not 0 <= start <= end or end - start > (1 << 30):
+        raise ClsError(errno.EINVAL, "bad object-map range")
+    if start == end:
+        return b""
+    b0, b1 = start // 8, (end - 1) // 8 + 1
+    size = ctx.stat()[0] if ctx.exists() else 0
+    cur = bytearray(ctx.read(b0, b1 - b0)) if size > b0 else bytearray()
+    cur.extend(bytes(b1 - b0 - len(cur)))
+    for bit in range(start, end):
+        i, m = bit // 8 - b0, 1 << (bit % 8)
+        cur[i] = cur[i] | m if value else cur[i] & ~m
+    ctx.write(b0, bytes(cur))
+    return b""
+
+
+@method("rbd", "allocated", write=False)
+def rbd_allocated(ctx: ClsContext, indata: bytes) -> bytes:
+    """Bytes of this object that are allocated (its holes take no space)."""
+    if not ctx.exists():
+        raise ClsError(errno.ENOENT, "no such object")
+    return str(ctx.allocated()).encode()

@@ -65,6 +65,9 @@ class ObjectContext:
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.store.read(self.oid, offset, length))
 
+    def allocated(self) -> int:
+        return sum(n for _o, n in self.store.extents(self.oid))
+
     def getxattr(self, name: str) -> bytes | None:
         if name in self._xattr_overlay:
             return self._xattr_overlay[name]

@@ -1,0 +1,210 @@
+"""nbdkit python plugin serving an rbdpy image: thin, callbacks → Image calls, errors → errno.
+
+    nbdkit python nbdplugin/rbdpy_nbd.py cluster=rbdpy-data image=disk0 [readonly=1]
+
+nbdkit embeds Debian's /usr/bin/python3, so this file first puts the project's virtualenv
+(``.venv`` beside ``nbdplugin/``, or ``$RBDPY_VENV``) on sys.path with ``site.addsitedir``,
+which also honours the editable install's ``.pth``. The cluster is probed in ``get_ready``
+(before nbdkit forks) so a wrong image or a dead cluster is a clear startup error; the real
+connection, with its background trio thread, is made in ``after_fork`` because threads do
+not survive nbdkit's fork.
+"""
+
+import errno
+import glob
+import os
+import site
+import sys
+
+import nbdkit
+
+
+def _add_venv() -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    venv = os.environ.get("RBDPY_VENV") or os.path.join(root, ".venv")
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for sp in glob.glob(os.path.join(venv, "lib", ver, "site-packages")):
+        site.addsitedir(sp)
+    if root not in sys.path:
+        sys.path.append(root)
+
+
+_add_venv()
+
+from rbdpy import config as rconfig  # noqa: E402
+from rbdpy.client.objecter import OSDError  # noqa: E402
+from rbdpy.client.rados import ClusterUnavailable, Rados  # noqa: E402
+from rbdpy.rbd.image import ImageError  # noqa: E402
+
+API_VERSION = 2
+
+_cfg = {"cluster": None, "image": None, "readonly": False, "pool": "rbd"}
+_state = {"rados": None, "image": None}
+
+
+def config(key, value):  # noqa: ANN001, ANN201
+    if key in ("cluster", "image", "pool"):
+        _cfg[key] = value
+    elif key == "readonly":
+        _cfg["readonly"] = value.lower() in ("1", "true", "yes", "on")
+    else:
+        raise RuntimeError(f"unknown parameter {key!r} (want cluster=, image=, pool=, readonly=)")
+
+
+def config_complete():  # noqa: ANN201
+    if not _cfg["image"]:
+        raise RuntimeError("image= is required")
+
+
+def config_help():  # noqa: ANN201
+    return ("cluster=PATH   cluster file or data directory (default $RBDPY_CLUSTER or "
+            "./rbdpy-data)\nimage=NAME     image to serve\nreadonly=1     refuse writes")
+
+
+def thread_model():  # noqa: ANN201
+    return nbdkit.THREAD_MODEL_PARALLEL
+
+
+def _open_image():  # noqa: ANN202
+    cfg = rconfig.load(rconfig.locate(_cfg["cluster"]))
+    rados = Rados(cfg, pool=_cfg["pool"])
+    try:
+        rados.wait_ready(timeout=10)
+        img = rados.open_image(_cfg["image"], read_only=_cfg["readonly"])
+    except BaseException:
+        rados.close()
+        raise
+    return rados, img
+
+
+def get_ready():  # noqa: ANN201
+    """Fail at startup, with one clear line, if the image or the cluster is not there."""
+    try:
+        rados, img = _open_image()
+    except (rconfig.ConfigError, ClusterUnavailable, ImageError) as e:
+        raise RuntimeError(f"rbdpy: {e}") from None
+    nbdkit.debug(f"rbdpy: image {_cfg['image']} size {img.size}")
+    rados.close()
+
+
+def after_fork():  # noqa: ANN201
+    _state["rados"], _state["image"] = _open_image()
+
+
+def cleanup():  # noqa: ANN201
+    if _state["rados"] is not None:
+        try:
+            _state["image"].flush()
+        finally:
+            _state["rados"].close()
+
+
+def open(readonly):  # noqa: A001, ANN001, ANN201
+    if _state["image"] is None:
+        _state["rados"], _state["image"] = _open_image()
+    return {"readonly": readonly or _cfg["readonly"]}
+
+
+def get_size(h):  # noqa: ANN001, ANN201
+    return _state["image"].size
+
+
+def block_size(h):  # noqa: ANN001, ANN201
+    # minimum 1 (any byte range works), preferred 4 KiB, maximum 32 MiB (nbdkit's own cap)
+    return (1, 4096, 32 * 1024 * 1024)
+
+
+def can_write(h):  # noqa: ANN001, ANN201
+    return not h["readonly"]
+
+
+def can_flush(h):  # noqa: ANN001, ANN201
+    return True
+
+
+def can_trim(h):  # noqa: ANN001, ANN201
+    return True
+
+
+def can_zero(h):  # noqa: ANN001, ANN201
+    return True
+
+
+def can_fast_zero(h):  # noqa: ANN001, ANN201
+    return True
+
+
+def can_fua(h):  # noqa: ANN001, ANN201
+    return nbdkit.FUA_NATIVE
+
+
+def can_multi_conn(h):  # noqa: ANN001, ANN201
+    return True  # one objecter per nbdkit process: flush covers every connection's writes
+
+
+def can_extents(h):  # noqa: ANN001, ANN201
+    return True
+
+
+def is_rotational(h):  # noqa: ANN001, ANN201
+    return False
+
+
+def _fail(e: BaseException) -> None:
+    err = getattr(e, "errno", None)
+    if not isinstance(err, int) or err <= 0:
+        err = errno.EIO
+    if err == errno.ENOSPC or err == errno.EDQUOT:
+        err = errno.ENOSPC
+    nbdkit.set_error(err)
+
+
+def pread(h, buf, offset, flags):  # noqa: ANN001, ANN201
+    try:
+        _state["image"].read(offset, buf)
+    except (OSDError, ImageError, OSError) as e:
+        _fail(e)
+        raise
+
+
+def pwrite(h, buf, offset, flags):  # noqa: ANN001, ANN201
+    try:
+        _state["image"].write(offset, buf, fua=bool(flags & nbdkit.FLAG_FUA))
+    except (OSDError, ImageError, OSError) as e:
+        _fail(e)
+        raise
+
+
+def flush(h, flags):  # noqa: ANN001, ANN201
+    try:
+        _state["image"].flush()
+    except (OSDError, ImageError, OSError) as e:
+        _fail(e)
+        raise
+
+
+def trim(h, count, offset, flags):  # noqa: ANN001, ANN201
+    try:
+        _state["image"].discard(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
+    except (OSDError, ImageError, OSError) as e:
+        _fail(e)
+        raise
+
+
+def zero(h, count, offset, flags):  # noqa: ANN001, ANN201
+    # always fast: whole objects are deleted, partial ranges zeroed on the OSD, no data sent
+    try:
+        _state["image"].write_zeroes(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
+    except (OSDError, ImageError, OSError) as e:
+        _fail(e)
+        raise
+
+
+def extents(h, count, offset, flags):  # noqa: ANN001, ANN201
+    try:
+        runs = _state["image"].extents(offset, count)
+    except (ImageError, OSError) as e:
+        _fail(e)
+        raise
+    hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
+    return [(off, n, 0 if alloc else hole) for off, n, alloc in runs]

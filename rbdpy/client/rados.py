@@ -1,0 +1,176 @@
+"""Blocking access to a cluster for threads (the nbdkit plugin, the CLI, scripts).
+
+One background thread runs trio with the messenger and the objecter; callers in other threads
+hand it coroutines with ``trio.from_thread.run`` and block (GIL released) until they finish.
+All images opened through one Rados share its objecter, so ``flush`` on any of them waits
+for every write of this client: that is what makes NBD multi-conn honest.
+
+    import rbdpy
+    with rbdpy.connect() as cluster:
+        img = cluster.open_image("disk0")
+        img.write(0, b"hello")
+        img.flush()
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
+
+from rbdpy import config
+from rbdpy.client.objecter import Objecter, OSDError
+from rbdpy.msgr.messenger import Messenger
+from rbdpy.rbd import image as rbdimage
+
+T = TypeVar("T")
+
+
+class ClusterUnavailable(Exception):
+    """The OSDs did not answer in time."""
+
+
+class Rados:
+    def __init__(self, cfg: config.ClusterConfig, *, pool: str = "rbd") -> None:
+        self.cfg = cfg
+        self.objecter = Objecter(cfg.osdmap)
+        self.pool = cfg.osdmap.pool_by_name(pool).id
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="rbdpy-trio", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._serve)
+        except BaseException as e:  # noqa: BLE001 - reported to the opener
+            self._error = e
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        async with Messenger(self.objecter.me, self.objecter) as msgr:
+            self.objecter.attach(msgr)
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            self._ready.set()
+            await self._stop.wait()
+            msgr.shutdown()
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` on the cluster thread; block until it is done."""
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def close(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> Rados:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- verbs ----------------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Check every OSD answers (a cheap read), or raise ClusterUnavailable."""
+        async def probe() -> None:
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    await rbdimage.list_images(self.objecter, self.pool)
+                except OSDError as e:
+                    if e.errno != errno.ENOENT:
+                        raise
+            if scope.cancelled_caught:
+                addrs = ", ".join(f"{o.host}:{o.port}" for o in self.cfg.osdmap.osds.values())
+                raise ClusterUnavailable(f"no answer from the OSDs ({addrs}) in {timeout:g}s")
+        self.run(probe)
+
+    def create_image(self, name: str, size: int, *, order: int = 22) -> str:
+        return self.run(lambda: rbdimage.create_image(self.objecter, self.pool, name, size,
+                                                      order=order))
+
+    def list_images(self) -> dict[str, str]:
+        async def ls() -> dict[str, str]:
+            try:
+                return await rbdimage.list_images(self.objecter, self.pool)
+            except OSDError as e:
+                if e.errno == errno.ENOENT:
+                    return {}
+                raise
+        return self.run(ls)
+
+    def remove_image(self, name: str, progress=None) -> None:  # noqa: ANN001
+        self.run(lambda: rbdimage.remove_image(self.objecter, self.pool, name, progress))
+
+    def open_image(self, name: str, *, read_only: bool = False) -> SyncImage:
+        img = self.run(lambda: rbdimage.Image.open(self.objecter, self.pool, name,
+                                                   read_only=read_only))
+        return SyncImage(self, img)
+
+
+class SyncImage:
+    """Blocking face of an Image; buffers are passed through as memoryviews, never copied."""
+
+    def __init__(self, rados: Rados, img: rbdimage.Image) -> None:
+        self.rados = rados
+        self.image = img
+
+    @property
+    def size(self) -> int:
+        return self.image.size
+
+    @property
+    def info(self) -> rbdimage.ImageInfo:
+        return self.image.info
+
+    def read(self, offset: int, buf: bytearray | memoryview) -> None:
+        self.rados.run(self.image.read, offset, _mv(buf))
+
+    def pread(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        self.read(offset, buf)
+        return bytes(buf)
+
+    def write(self, offset: int, buf: bytes | bytearray | memoryview, fua: bool = False) -> None:
+        self.rados.run(lambda: self.image.write(offset, _mv(buf), fua=fua))
+
+    def discard(self, offset: int, length: int, fua: bool = False) -> None:
+        self.rados.run(lambda: self.image.discard(offset, length, fua=fua))
+
+    def write_zeroes(self, offset: int, length: int, fua: bool = False) -> None:
+        self.rados.run(lambda: self.image.write_zeroes(offset, length, fua=fua))
+
+    def flush(self) -> None:
+        self.rados.run(self.image.flush)
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        return self.image.extents(offset, length)
+
+    def resize(self, size: int) -> None:
+        self.rados.run(self.image.resize, size)
+
+    def du(self) -> int:
+        return self.rados.run(self.image.du)
+
+
+def _mv(buf: bytes | bytearray | memoryview) -> memoryview:
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+
+
+def connect(cluster: str | None = None, *, pool: str = "rbd") -> Rados:
+    """Connect to the cluster described by the cluster file (see ``rbdpy.config.locate``)."""
+    return Rados(config.load(config.locate(cluster)), pool=pool)

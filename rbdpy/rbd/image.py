@@ -1,0 +1,445 @@
+"""RBD images: a header, a directory entry, an object map, and data objects.
+
+Objects (pool ``rbd`` by default)::
+
+    rbd_directory                  name → id (class rbd: dir_add / dir_remove / dir_list)
+    rbd_header.<id>                the header (class rbd: create / get_header / set_header_fields)
+    rbd_object_map.<id>            one bit per data object: does it exist?
+    rbd_data.<id>.<objectno:016x>  the data, 2^order bytes each, absent = zeros
+
+I/O maps the byte range to object extents (``layout.map_extents``) and sends one request per
+object concurrently. The caller's buffer is sliced, never copied: write extents travel as
+views, read replies land in the slices. Discard deletes whole objects and zeroes partial
+ranges (so discard and write-zeroes both leave exact zeros); an object's map bit is set
+(and acknowledged) before its first write, so ``extents`` never calls data a hole.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import trio
+
+from rbdpy.client.objecter import Objecter, OSDError
+from rbdpy.osd import ops as O
+from rbdpy.rbd.layout import Layout, map_extents
+
+log = logging.getLogger("rbdpy.rbd")
+
+DIRECTORY = "rbd_directory"
+MAX_SIZE = 1 << 50
+
+
+class ImageError(Exception):
+    """A user-facing image error with an errno (ENOENT, EEXIST, EINVAL, EBUSY…)."""
+
+    def __init__(self, err: int, msg: str) -> None:
+        super().__init__(msg)
+        self.errno = err
+
+
+def header_oid(image_id: str) -> str:
+    return f"rbd_header.{image_id}"
+
+
+def objmap_oid(image_id: str) -> str:
+    return f"rbd_object_map.{image_id}"
+
+
+def data_oid(image_id: str, objectno: int) -> str:
+    return f"rbd_data.{image_id}.{objectno:016x}"
+
+
+@dataclass
+class ImageInfo:
+    name: str
+    id: str
+    size: int
+    order: int
+    stripe_unit: int
+    stripe_count: int
+    features: list[str]
+    created: float
+
+    @property
+    def object_size(self) -> int:
+        return 1 << self.order
+
+    @property
+    def num_objects(self) -> int:
+        return _objects_for(self.size, self.layout)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.order, self.stripe_unit, self.stripe_count)
+
+
+def _objects_for(size: int, layout: Layout) -> int:
+    if size == 0:
+        return 0
+    su, sc = layout.su, layout.stripe_count
+    per_set = layout.object_size * sc
+    sets, rest = divmod(size, per_set)
+    n = sets * sc
+    if rest:
+        n += min(sc, -(-rest // su))
+    return n
+
+
+async def create_image(objecter: Objecter, pool: int, name: str, size: int, *, order: int = 22,
+                       stripe_unit: int = 0, stripe_count: int = 1) -> str:
+    """Claim the name, then write the header; EEXIST if the name is taken."""
+    if not name or "/" in name or len(name) > 255:
+        raise ImageError(errno.EINVAL, f"bad image name {name!r}")
+    if not 0 <= size <= MAX_SIZE:
+        raise ImageError(errno.EINVAL, f"bad size {size}")
+    try:
+        Layout(order, stripe_unit, stripe_count)
+    except ValueError as e:
+        raise ImageError(errno.EINVAL, str(e)) from None
+    image_id = secrets.token_hex(6)
+    try:
+        await objecter.submit(pool, DIRECTORY, [O.Call("rbd", "dir_add", json.dumps(
+            {"name": name, "id": image_id}).encode())], write=True)
+    except OSDError as e:
+        if e.errno == errno.EEXIST:
+            raise ImageError(errno.EEXIST, f"image {name} exists") from None
+        raise
+    header = {"id": image_id, "name": name, "size": size, "order": order,
+              "stripe_unit": stripe_unit or (1 << order), "stripe_count": stripe_count,
+              "features": ["layering", "object-map"], "created": time.time()}
+    try:
+        await objecter.submit(pool, header_oid(image_id), [O.Call("rbd", "create", json.dumps(
+            header).encode())], write=True)
+    except OSDError:
+        await objecter.submit(pool, DIRECTORY, [O.Call("rbd", "dir_remove", json.dumps(
+            {"name": name, "id": image_id}).encode())], write=True)
+        raise
+    await objecter.flush()
+    return image_id
+
+
+async def list_images(objecter: Objecter, pool: int) -> dict[str, str]:
+    r = await objecter.submit(pool, DIRECTORY, [O.Call("rbd", "dir_list", b"")], write=False)
+    return json.loads(r.results[0].out or b"{}")
+
+
+async def lookup_id(objecter: Objecter, pool: int, name: str) -> str:
+    try:
+        r = await objecter.submit(pool, DIRECTORY, [O.GetXattr(f"name.{name}")], write=False)
+    except OSDError as e:
+        if e.errno in (errno.ENOENT, errno.ENODATA):
+            raise ImageError(errno.ENOENT, f"no image named {name}") from None
+        raise
+    return bytes(r.results[0].out).decode()
+
+
+async def remove_image(objecter: Objecter, pool: int, name: str, progress=None) -> None:  # noqa: ANN001
+    """Delete every data object, the map, the header, then the name."""
+    img = await Image.open(objecter, pool, name)
+    await img.remove_data(progress)
+    for oid in (objmap_oid(img.id), header_oid(img.id)):
+        try:
+            await objecter.submit(pool, oid, [O.Delete()], write=True)
+        except OSDError as e:
+            if e.errno != errno.ENOENT:
+                raise
+    await objecter.submit(pool, DIRECTORY, [O.Call("rbd", "dir_remove", json.dumps(
+        {"name": name, "id": img.id}).encode())], write=True)
+    await objecter.flush()
+
+
+class Image:
+    """An open image (async; used from the objecter's trio loop)."""
+
+    def __init__(self, objecter: Objecter, pool: int, info: ImageInfo,
+                 objmap: np.ndarray, read_only: bool = False) -> None:
+        self.objecter = objecter
+        self.pool = pool
+        self.info = info
+        self.id = info.id
+        self.layout = info.layout
+        self.objmap = objmap  # bool per object: exists?
+        self.read_only = read_only
+        self._map_pending: dict[int, trio.Event] = {}
+
+    @classmethod
+    async def open(cls, objecter: Objecter, pool: int, name: str, *, read_only: bool = False
+                   ) -> Image:
+        image_id = await lookup_id(objecter, pool, name)
+        try:
+            r = await objecter.submit(pool, header_oid(image_id),
+                                      [O.Call("rbd", "get_header", b"")], write=False)
+        except OSDError as e:
+            if e.errno == errno.ENOENT:
+                raise ImageError(errno.ENOENT, f"image {name} has no header") from None
+            raise
+        h = json.loads(r.results[0].out)
+        info = ImageInfo(name, h["id"], h["size"], h["order"], h["stripe_unit"],
+                         h["stripe_count"], h.get("features", []), h.get("created", 0.0))
+        objmap = await cls._load_objmap(objecter, pool, info)
+        return cls(objecter, pool, info, objmap, read_only)
+
+    @staticmethod
+    async def _load_objmap(objecter: Objecter, pool: int, info: ImageInfo) -> np.ndarray:
+        n = info.num_objects
+        raw = bytearray((n + 7) // 8)
+        try:
+            r = await objecter.submit(pool, objmap_oid(info.id), [O.Read(0, len(raw))],
+                                      write=False)
+            got = b"".join(r.results[0].out or [])
+            raw[: len(got)] = got[: len(raw)]
+        except OSDError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        bits = np.unpackbits(np.frombuffer(bytes(raw), dtype=np.uint8), bitorder="little")
+        return bits[:n].astype(bool)
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    def _check(self, offset: int, length: int, write: bool = False) -> None:
+        if write and self.read_only:
+            raise ImageError(errno.EROFS, "image opened read-only")
+        if offset < 0 or length < 0 or offset + length > self.info.size:
+            raise ImageError(errno.EINVAL,
+                             f"range {offset}+{length} outside the image ({self.info.size})")
+
+    # -- data path ------------------------------------------------------------------------
+
+    async def read(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` with image bytes at ``offset`` (holes are zeros)."""
+        length = len(buf)
+        self._check(offset, length)
+        exts = map_extents(self.layout, offset, length)
+        if len(exts) == 1:
+            await self._read_extent(exts[0], buf)
+            return
+        async with trio.open_nursery() as n:
+            for ex in exts:
+                n.start_soon(self._read_extent, ex, buf)
+
+    async def _read_extent(self, ex, buf: memoryview) -> None:  # noqa: ANN001
+        dests = [buf[o : o + n] for o, n in ex.buffer_extents]
+        if ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
+            _zero(dests)
+            return
+        try:
+            r = await self.objecter.submit(self.pool, data_oid(self.id, ex.objectno),
+                                           [O.Read(ex.offset, ex.length)], write=False,
+                                           read_into=dests)
+        except OSDError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            _zero(dests)
+            return
+        got = r.results[0].out or []
+        _land(got, dests)
+
+    async def write(self, offset: int, buf: memoryview, *, fua: bool = False) -> None:
+        length = len(buf)
+        self._check(offset, length, write=True)
+        exts = map_extents(self.layout, offset, length)
+        if len(exts) == 1:
+            await self._write_extent(exts[0], buf, fua)
+            return
+        async with trio.open_nursery() as n:
+            for ex in exts:
+                n.start_soon(self._write_extent, ex, buf, fua)
+
+    async def _write_extent(self, ex, buf: memoryview, fua: bool) -> None:  # noqa: ANN001
+        await self._mark_exists(ex.objectno)
+        data = [buf[o : o + n] for o, n in ex.buffer_extents]
+        await self.objecter.submit(self.pool, data_oid(self.id, ex.objectno),
+                                   [O.Write(ex.offset, data)], write=True, wait_commit=fua)
+
+    async def _mark_exists(self, objectno: int) -> None:
+        """Set the object's map bit (acked) before its first write ever goes out."""
+        if self.objmap[objectno]:
+            return
+        pending = self._map_pending.get(objectno)
+        if pending is not None:
+            await pending.wait()
+            if self.objmap[objectno]:
+                return
+        ev = self._map_pending[objectno] = trio.Event()
+        try:
+            await self._set_map(objectno, objectno + 1, True)
+        finally:
+            ev.set()
+            self._map_pending.pop(objectno, None)
+
+    async def _set_map(self, start: int, end: int, value: bool) -> None:
+        await self.objecter.submit(self.pool, objmap_oid(self.id), [O.Call(
+            "rbd", "objmap_set", json.dumps({"start": start, "end": end,
+                                             "value": int(value)}).encode())], write=True)
+        self.objmap[start:end] = value
+
+    async def discard(self, offset: int, length: int, *, fua: bool = False) -> None:
+        """Deallocate: whole objects are deleted, partial ranges zeroed (reads give zeros)."""
+        self._check(offset, length, write=True)
+        exts = map_extents(self.layout, offset, length)
+        async with trio.open_nursery() as n:
+            for ex in exts:
+                n.start_soon(self._discard_extent, ex, fua)
+
+    write_zeroes = discard  # both leave exact zeros on every byte of the range
+
+    async def _discard_extent(self, ex, fua: bool) -> None:  # noqa: ANN001
+        if ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
+            return
+        oid = data_oid(self.id, ex.objectno)
+        whole = ex.offset == 0 and ex.length == self._object_len(ex.objectno)
+        try:
+            if whole:
+                await self.objecter.submit(self.pool, oid, [O.Delete()], write=True,
+                                           wait_commit=fua)
+            else:
+                await self.objecter.submit(self.pool, oid, [O.Zero(ex.offset, ex.length)],
+                                           write=True, wait_commit=fua)
+        except OSDError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        if whole:
+            await self._set_map(ex.objectno, ex.objectno + 1, False)
+
+    def _object_len(self, objectno: int) -> int:
+        """Bytes of the image stored in this object (the last one may be short)."""
+        osz = self.layout.object_size
+        if self.layout.stripe_count == 1:
+            return max(0, min(osz, self.info.size - objectno * osz))
+        return osz
+
+    async def flush(self) -> None:
+        await self.objecter.flush()
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """(offset, length, allocated) runs from the object map: no round trip at all."""
+        self._check(offset, length)
+        out: list[tuple[int, int, bool]] = []
+        for ex in map_extents(self.layout, offset, length):
+            alloc = bool(ex.objectno < len(self.objmap) and self.objmap[ex.objectno])
+            for boff, n in ex.buffer_extents:
+                start = offset + boff
+                if out and out[-1][2] == alloc and out[-1][0] + out[-1][1] == start:
+                    out[-1] = (out[-1][0], out[-1][1] + n, alloc)
+                else:
+                    out.append((start, n, alloc))
+        out.sort()
+        return out
+
+    # -- management -----------------------------------------------------------------------
+
+    async def resize(self, size: int) -> None:
+        if self.read_only:
+            raise ImageError(errno.EROFS, "image opened read-only")
+        if not 0 <= size <= MAX_SIZE:
+            raise ImageError(errno.EINVAL, f"bad size {size}")
+        old = self.info.size
+        if size < old:
+            if self.layout.stripe_count != 1:
+                raise ImageError(errno.EOPNOTSUPP, "shrinking a striped image")
+            osz = self.layout.object_size
+            first_gone = -(-size // osz)
+            for objno in range(first_gone, len(self.objmap)):
+                if self.objmap[objno]:
+                    await self._delete_object(objno)
+            if size % osz and self.objmap[size // osz]:
+                await self.objecter.submit(self.pool, data_oid(self.id, size // osz),
+                                           [O.Truncate(size % osz)], write=True)
+        await self.objecter.submit(self.pool, header_oid(self.id), [O.Call(
+            "rbd", "set_header_fields", json.dumps({"size": size}).encode())], write=True)
+        self.info.size = size
+        n = self.info.num_objects
+        if n > len(self.objmap):
+            self.objmap = np.concatenate([self.objmap, np.zeros(n - len(self.objmap), bool)])
+        else:
+            self.objmap = self.objmap[:n].copy()
+        await self.objecter.flush()
+
+    async def _delete_object(self, objno: int) -> None:
+        try:
+            await self.objecter.submit(self.pool, data_oid(self.id, objno), [O.Delete()],
+                                       write=True)
+        except OSDError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        await self._set_map(objno, objno + 1, False)
+
+    async def remove_data(self, progress=None) -> None:  # noqa: ANN001
+        present = np.flatnonzero(self.objmap).tolist()
+        sem = trio.Semaphore(32)
+        done = 0
+
+        async def one(objno: int) -> None:
+            nonlocal done
+            async with sem:
+                await self._delete_object(objno)
+            done += 1
+            if progress:
+                progress(done, len(present))
+
+        async with trio.open_nursery() as n:
+            for objno in present:
+                n.start_soon(one, objno)
+
+    async def du(self) -> int:
+        """Bytes actually allocated on the OSDs (sparse objects count their data only)."""
+        total = 0
+        for objno in np.flatnonzero(self.objmap).tolist():
+            try:
+                r = await self.objecter.submit(self.pool, data_oid(self.id, objno), [O.Call(
+                    "rbd", "allocated", b"")], write=False)
+                total += int(r.results[0].out or b"0")
+            except OSDError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+        return total
+
+
+def _zero(dests: list[memoryview]) -> None:
+    for d in dests:
+        d[:] = bytes(len(d))
+
+
+def _land(got: list[memoryview], dests: list[memoryview]) -> None:
+    """Reply data normally landed in ``dests`` already (alloc_data); else copy it there.
+
+    A short read (the object ends early) leaves the rest of the range as zeros.
+    """
+    di, doff = 0, 0
+    for seg in got:
+        pos = 0
+        while pos < len(seg):
+            d = dests[di]
+            n = min(len(d) - doff, len(seg) - pos)
+            src = seg[pos : pos + n]
+            if not _same_memory(src, d[doff : doff + n]):
+                d[doff : doff + n] = src
+            pos += n
+            doff += n
+            if doff == len(d):
+                di, doff = di + 1, 0
+    # zero-fill what the object did not have
+    while di < len(dests):
+        d = dests[di]
+        d[doff:] = bytes(len(d) - doff)
+        di, doff = di + 1, 0
+
+
+def _same_memory(a: memoryview, b: memoryview) -> bool:
+    """Whether two equal-length views are the very same bytes (data landed in place)."""
+    if len(a) == 0:
+        return True
+    return _addr(a) == _addr(b)
+
+
+def _addr(v: memoryview) -> int:
+    return np.frombuffer(v, np.uint8).__array_interface__["data"][0]
