@@ -1,0 +1,278 @@
+"""The product as users meet it: real OSD processes, real nbdkit, qemu-io, qemu-img, fio, libnbd.
+
+Every process is started through the CLI (``rbdpy cluster up``, ``rbdpy serve``) and stopped
+by the PID it recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+RBDPY = [sys.executable, "-m", "rbdpy.cli"]
+pytestmark = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit missing")
+
+
+def rbdpy(cluster: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*RBDPY, "--cluster", str(cluster), *args], capture_output=True,
+                          text=True, check=check, timeout=120)
+
+
+def wait_for(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+class Served:
+    """A cluster with one image served by nbdkit on a unix socket."""
+
+    def __init__(self, root: Path, name: str = "disk", size: str = "64M",
+                 object_size: str = "1M") -> None:
+        self.dir = root / "data"
+        self.name = name
+        self.sock = root / "nbd.sock"
+        self.pidfile = root / "nbdkit.pid"
+        rbdpy(self.dir, "cluster", "up")
+        rbdpy(self.dir, "create", name, "--size", size, "--object-size", object_size)
+        self.serve()
+
+    @property
+    def uri(self) -> str:
+        return f"nbd+unix:///?socket={self.sock}"
+
+    def serve(self) -> None:
+        self.pidfile.unlink(missing_ok=True)
+        rbdpy(self.dir, "serve", self.name, "--socket", str(self.sock), "--pidfile",
+              str(self.pidfile))
+        wait_for(self.pidfile)
+        wait_for(self.sock)
+
+    def nbdkit_pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+    def osd_pids(self) -> list[int]:
+        return [int(p.read_text()) for p in sorted(self.dir.glob("osd.*.pid"))]
+
+    def stop(self) -> None:
+        if self.pidfile.exists():
+            stop_pid(self.nbdkit_pid())
+        for pid in self.osd_pids():
+            stop_pid(pid)
+        for p in self.dir.glob("osd.*.pid"):
+            p.unlink()
+
+
+@pytest.fixture
+def served(tmp_path: Path):  # noqa: ANN201
+    s = Served(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def qemu_io(uri: str, *cmds: str, check: bool = True) -> subprocess.CompletedProcess:
+    args = ["qemu-io", "-f", "raw"]
+    for c in cmds:
+        args += ["-c", c]
+    r = subprocess.run([*args, uri], capture_output=True, text=True, timeout=120)
+    if check:
+        bad = [ln for ln in (r.stdout + r.stderr).splitlines()
+               if "failed" in ln or "Pattern verification" in ln]
+        assert r.returncode == 0 and not bad, r.stdout + r.stderr
+    return r
+
+
+def test_qemu_io_patterns_across_objects(served: Served) -> None:
+    mib = 1 << 20
+    qemu_io(
+        served.uri,
+        f"write -P 0x11 {mib - 700} 1500",  # straddles objects 0/1, unaligned
+        f"write -P 0x22 {3 * mib - 1} {2 * mib + 3}",  # spans three objects
+        "write -P 0x33 12345 1",
+        f"read -P 0x11 {mib - 700} 1500",
+        f"read -P 0x22 {3 * mib - 1} {2 * mib + 3}",
+        "read -P 0x33 12345 1",
+        "read -P 0 0 12345",
+        f"read -P 0 {10 * mib} 65536",  # never written: thin, zeros
+    )
+    # discard and write-zeroes (whole and partial objects) read back as zeros
+    qemu_io(
+        served.uri,
+        f"discard {3 * mib - 1} {2 * mib + 3}",
+        f"read -P 0 {3 * mib - 1} {2 * mib + 3}",
+        f"write -z {mib - 100} 200",
+        f"read -P 0 {mib - 100} 200",
+        f"read -P 0x11 {mib - 700} 600",
+        f"read -P 0x11 {mib + 100} 700",
+        "flush",
+    )
+
+
+def test_out_of_range_is_an_error_and_server_keeps_serving(served: Served) -> None:
+    size = 64 << 20
+    r = qemu_io(served.uri, f"read {size - 512} 4096", check=False)
+    assert "failed" in r.stdout + r.stderr or r.returncode != 0
+    r = qemu_io(served.uri, f"write -P 1 {size} 512", check=False)
+    assert "failed" in r.stdout + r.stderr or r.returncode != 0
+    qemu_io(served.uri, "write -P 0x44 0 4096", "read -P 0x44 0 4096")
+
+
+def _make_raw(path: Path, size: int, seed: int) -> None:
+    """Random data and long zero runs, interleaved."""
+    rnd = random.Random(seed)
+    with open(path, "wb") as f:
+        pos = 0
+        while pos < size:
+            n = min(rnd.choice([256 << 10, 1 << 20, 3 << 20]), size - pos)
+            if rnd.random() < 0.5:
+                f.write(rnd.randbytes(n))
+            else:
+                f.seek(n, os.SEEK_CUR)
+            pos += n
+        f.truncate(size)
+
+
+def test_qemu_img_convert_in_and_out(served: Served, tmp_path: Path) -> None:
+    src, back = tmp_path / "src.raw", tmp_path / "back.raw"
+    _make_raw(src, 64 << 20, seed=7)
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src),
+                    served.uri], check=True, timeout=300)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", served.uri, str(back)],
+                   check=True, timeout=300)
+    r = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(src), served.uri],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hashlib.sha256(src.read_bytes()).digest() == hashlib.sha256(back.read_bytes()).digest()
+    # zero runs stayed unallocated: used space is at most the data in the source (per object)
+    data_objects = set()
+    raw = src.read_bytes()
+    for i in range(0, len(raw), 1 << 20):
+        if raw[i : i + (1 << 20)].count(0) != min(1 << 20, len(raw) - i):
+            data_objects.add(i >> 20)
+    used = int(rbdpy(served.dir, "du", served.name, "--bytes").stdout.split()[-1])
+    nonzero_blocks = sum(1 for i in range(0, len(raw), 4096) if raw[i : i + 4096].strip(b"\0"))
+    assert nonzero_blocks * 4096 <= used <= len(data_objects) << 20
+    # and qemu-img map reports the all-zero objects as holes
+    import json
+
+    m = json.loads(subprocess.run(["qemu-img", "map", "--output=json", "-f", "raw", served.uri],
+                                  capture_output=True, text=True, check=True).stdout)
+    holes = sum(e["length"] for e in m if not e["data"])
+    assert holes >= (64 - len(data_objects)) << 20
+
+
+def test_extents_through_libnbd(served: Served) -> None:
+    qemu_io(served.uri, f"write -P 0x55 {5 << 20} 4096", "flush")
+    script = f"""
+import nbd
+h = nbd.NBD()
+h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.connect_uri({served.uri!r})
+ext = []
+def cb(meta, off, entries, err):
+    ext.extend(zip(entries[0::2], entries[1::2]))
+h.block_status(h.get_size(), 0, cb)
+pos = 0
+for length, flags in ext:
+    print(pos, length, flags)
+    pos += length
+"""
+    r = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    runs = [tuple(map(int, ln.split())) for ln in r.stdout.splitlines()]
+    data = [(o, n) for o, n, f in runs if not f & 1]
+    assert data == [(5 << 20, 1 << 20)]
+    assert all(f == 3 for o, n, f in runs if (o, n) not in data)
+
+
+def test_fio_verify_randwrite(served: Served) -> None:
+    r = subprocess.run(
+        ["fio", "--name=v", "--ioengine=nbd", f"--uri={served.uri}", "--rw=randwrite",
+         "--bs=4k", "--iodepth=16", "--size=16M", "--verify=crc32c", "--do_verify=1",
+         "--verify_fatal=1", "--output-format=terse"],
+        capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verify" not in r.stderr.lower(), r.stderr
+
+
+def test_two_connections_flush_visible(served: Served) -> None:
+    script = f"""
+import nbd
+a, b = nbd.NBD(), nbd.NBD()
+a.connect_uri({served.uri!r}); b.connect_uri({served.uri!r})
+assert a.can_multi_conn()
+a.pwrite(b"x" * 4096, 8192)
+a.flush()
+assert b.pread(4096, 8192) == b"x" * 4096
+print("ok")
+"""
+    r = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+def test_flushed_data_survives_kill9_of_everything(served: Served) -> None:
+    qemu_io(served.uri, "write -P 0x66 0 3M", f"write -P 0x77 {40 << 20} 100000", "flush")
+    os.kill(served.nbdkit_pid(), signal.SIGKILL)
+    for pid in served.osd_pids():
+        os.kill(pid, signal.SIGKILL)
+    for pid in [*served.osd_pids(), served.nbdkit_pid()]:
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    rbdpy(served.dir, "cluster", "up")
+    served.serve()
+    qemu_io(served.uri, "read -P 0x66 0 3M", f"read -P 0x77 {40 << 20} 100000",
+            f"read -P 0 {3 << 20} 4096")
+
+
+def test_missing_image_is_a_clear_startup_error(served: Served, tmp_path: Path) -> None:
+    r = rbdpy(served.dir, "serve", "nope", "--socket", str(tmp_path / "x.sock"), check=False)
+    assert r.returncode != 0
+    assert "no image named nope" in r.stdout + r.stderr
+
+
+def test_cli_user_errors_are_one_line(tmp_path: Path) -> None:
+    r = rbdpy(tmp_path / "nowhere", "ls", check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([*RBDPY, "create", "x", "--size", "ten"], capture_output=True, text=True)
+    assert r.returncode != 0 and "bad size" in r.stderr and "Traceback" not in r.stderr
