@@ -694,8 +694,10 @@ class Connection:
             segs = self.alloc_data(h) if self.alloc_data else None
             if segs is not None and sum(len(s) for s in segs) >= n:
                 payload = BioChain(_clip(segs, n))
-            else:  # no destination offered (or too small): fresh pages, bounded by max_data
-                payload = Pages.alloc(n)
+            else:
+                # no destination offered (or too small): one fresh buffer, bounded by
+                # max_data; contiguous so it is filled by a few large recv_into calls
+                payload = BioChain([memoryview(bytearray(n))])
             self._data_cursor = SegmentCursor(payload.segments())
         self._data_payload = payload
         if n:
