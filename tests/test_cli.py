@@ -1,0 +1,132 @@
+"""The CLI verbs against a real local cluster, and ``rbdpy up`` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+RBDPY = [sys.executable, "-m", "rbdpy.cli"]
+
+
+def rb(data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([*RBDPY, "--cluster", str(data), *args], capture_output=True, text=True,
+                       timeout=120)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_image_verbs(tmp_path: Path) -> None:
+    data = tmp_path / "c"
+    rb(data, "cluster", "up", "--osds", "2")
+    try:
+        st = rb(data, "cluster", "status").stdout
+        assert st.count(" up ") == 2, st
+        rb(data, "create", "a", "--size", "100M", "--object-size", "1M")
+        rb(data, "create", "b", "--size", "1G")
+        assert rb(data, "ls").stdout.split() == ["a", "b"]
+        r = rb(data, "create", "a", "--size", "1M", check=False)
+        assert r.returncode == 1 and r.stderr.strip() == "rbdpy: image a exists"
+        info = json.loads(rb(data, "info", "a", "--format", "json").stdout)
+        assert (info["size"], info["order"], info["objects"]) == (100 << 20, 20, 100)
+
+        import rbdpy
+
+        with rbdpy.connect(str(data)) as c:
+            img = c.open_image("a")
+            img.write((99 << 20) + 5, b"tail!" * 1000)
+            img.write(0, b"head")
+            img.flush()
+        used = int(rb(data, "du", "a", "--bytes").stdout.split()[-1])
+        assert used == 4 + 5 + 5000  # allocated blocks, clipped to each object's size
+
+        rb(data, "resize", "a", "--size", "200M")
+        assert json.loads(rb(data, "info", "a", "--format", "json").stdout)["size"] == 200 << 20
+        r = rb(data, "resize", "a", "--size", "50M", check=False)
+        assert r.returncode == 1 and "--allow-shrink" in r.stderr
+        rb(data, "resize", "a", "--size", "50M", "--allow-shrink")
+        with rbdpy.connect(str(data)) as c:
+            img = c.open_image("a")
+            assert img.size == 50 << 20
+            assert img.pread(0, 4) == b"head"
+            img.resize(100 << 20)  # grow back: the shrunk-away tail must read as zeros
+            assert img.pread((99 << 20) + 5, 5000) == bytes(5000)
+        assert int(rb(data, "du", "a", "--bytes").stdout.split()[-1]) == 4
+
+        rb(data, "rm", "a")
+        assert rb(data, "ls").stdout.split() == ["b"]
+        r = rb(data, "info", "a", check=False)
+        assert r.returncode == 1 and "no image named a" in r.stderr
+    finally:
+        rb(data, "cluster", "down")
+    r = rb(data, "ls", "--timeout", "1", check=False)
+    assert r.returncode == 1 and "cluster up" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit missing")
+def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    data, port = tmp_path / "d", free_port()
+    uri = f"nbd://127.0.0.1:{port}"
+
+    def up() -> subprocess.Popen:
+        proc = subprocess.Popen([*RBDPY, "up", "--data", str(data), "--port", str(port),
+                                 "--size", "1G"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return proc
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError(proc.stdout.read()) from None
+                time.sleep(0.1)
+
+    def stop(proc: subprocess.Popen) -> str:
+        osd_pids = [int(p.read_text()) for p in data.glob("osd.*.pid")]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert not any(pid_alive(p) for p in osd_pids)
+        return out
+
+    proc = up()
+    try:
+        w = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 64k", "-c", "flush",
+                            uri], capture_output=True, text=True, timeout=60)
+        assert w.returncode == 0 and "failed" not in w.stdout, w.stdout + w.stderr
+    finally:
+        out = stop(proc)
+    assert "created image disk0" in out and "nbd-client 127.0.0.1" in out
+    proc = up()
+    try:
+        r = subprocess.run(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 1M 64k", uri],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "failed" not in r.stdout, r.stdout + r.stderr
+    finally:
+        out = stop(proc)
+    assert "created image" not in out
