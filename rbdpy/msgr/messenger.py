@@ -133,14 +133,23 @@ class Messenger:
 
     async def __aenter__(self) -> Messenger:
         self._nursery_cm = trio.open_nursery()
-        self._nursery = await self._nursery_cm.__aenter__()
+        outer = await self._nursery_cm.__aenter__()
+        self._nursery = await outer.start(self._run)
         return self
+
+    async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+        """Own nursery for every socket task, so ``shutdown`` cancels them and only them
+        (not the body of the caller's ``async with``)."""
+        async with trio.open_nursery() as inner:
+            task_status.started(inner)
+            await trio.sleep_forever()
 
     async def __aexit__(self, *exc: object) -> bool | None:
         self.shutdown()
         return await self._nursery_cm.__aexit__(*exc)  # type: ignore[union-attr]
 
     def shutdown(self) -> None:
+        """Stop every listener and connection of this messenger."""
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
