@@ -196,6 +196,7 @@ class Objecter:
         if reply.flags & osdops.FLAG_COMMIT or not req.want_commit:
             if req.reply is None:
                 req.reply = reply
+            req.reply.flags |= reply.flags  # the kept (ack) reply now records the commit
             self._finish(req, 0, req.reply)
 
     def _finish(self, req: Request, err: int, reply: object | None) -> None:
