@@ -6,11 +6,6 @@ import errno
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,72 +15,23 @@ from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.msgr.message import Message
 from rbdpy.msgr.messenger import Messenger
 from rbdpy.osd import ops as O
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.testing import run_with_objecter
 
 POOL = 1
 
 
-class OSDProc:
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rbdpy.cli", "--log-level", "info", "osd", "--id", "0",
-             "--data", str(self.data), "--listen", f"127.0.0.1:{self.port}"],
-            stderr=open(self.data.parent / "osd.log", "ab"))  # noqa: SIM115
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, "osd died"
-                time.sleep(0.05)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
 @pytest.fixture
-def osd(tmp_path: Path):  # noqa: ANN201
-    o = OSDProc(tmp_path / "osd0")
+def osd(osd_process):  # noqa: ANN001, ANN201
+    o = osd_process()
     o.start()
-    try:
-        yield o
-    finally:
-        o.stop()
+    return o
 
 
-def osdmap(port: int) -> OSDMap:
-    return OSDMap(osds={0: OSDInfo(0, "127.0.0.1", port)}, pools={POOL: PoolInfo(POOL, "rbd")})
+def with_objecter(port: int, fn):  # noqa: ANN001, ANN201
+    return run_with_objecter(port, fn)
 
 
-async def with_objecter(port: int, fn) -> object:  # noqa: ANN001
-    obj = Objecter(osdmap(port))
-    async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
-        obj.attach(m)
-        with trio.fail_after(60):
-            return await fn(obj, m)
-
-
-async def test_every_op(osd: OSDProc) -> None:
+async def test_every_op(osd) -> None:
     async def run(obj: Objecter, m: Messenger) -> None:
         buf = bytearray(os.urandom(20000))
         r = await obj.submit(POOL, "o", [O.Create(True), O.Write(10, memoryview(buf)[:9000]),
@@ -143,7 +89,7 @@ async def test_every_op(osd: OSDProc) -> None:
     await with_objecter(osd.port, run)
 
 
-async def test_failing_guard_applies_nothing(osd: OSDProc) -> None:
+async def test_failing_guard_applies_nothing(osd) -> None:
     async def run(obj: Objecter, m: Messenger) -> None:
         await obj.submit(POOL, "g", [O.Write(0, b"before"), O.SetXattr("k", b"v")], write=True)
         with pytest.raises(OSDError) as ei:
@@ -156,7 +102,7 @@ async def test_failing_guard_applies_nothing(osd: OSDProc) -> None:
     await with_objecter(osd.port, run)
 
 
-async def test_malformed_requests_get_error_replies(osd: OSDProc) -> None:
+async def test_malformed_requests_get_error_replies(osd) -> None:
     async def run(obj: Objecter, m: Messenger) -> None:
         peer = m.connect(("127.0.0.1", osd.port))
         good = O.encode_request([O.Read(0, 1)], tid=9001, client=obj.me, incarnation=1,
@@ -199,7 +145,7 @@ async def test_malformed_requests_get_error_replies(osd: OSDProc) -> None:
     await with_objecter(osd.port, again)
 
 
-async def test_concurrent_unaligned_writes_lose_nothing(osd: OSDProc) -> None:
+async def test_concurrent_unaligned_writes_lose_nothing(osd) -> None:
     rnd = random.Random(3)
     model = bytearray(1 << 20)
     writes = []
@@ -223,8 +169,8 @@ async def test_concurrent_unaligned_writes_lose_nothing(osd: OSDProc) -> None:
     await with_objecter(osd.port, run)
 
 
-async def test_flushed_writes_survive_kill9_and_nothing_torn(tmp_path: Path) -> None:
-    o = OSDProc(tmp_path / "osd0")
+async def test_flushed_writes_survive_kill9_and_nothing_torn(osd_process) -> None:  # noqa: ANN001
+    o = osd_process()
     o.start()
     bs = 4096
     nblocks = 256
@@ -283,8 +229,8 @@ async def test_flushed_writes_survive_kill9_and_nothing_torn(tmp_path: Path) -> 
         o.stop()
 
 
-async def test_bit_flip_gives_eio_and_sigterm_is_clean(tmp_path: Path) -> None:
-    o = OSDProc(tmp_path / "osd0")
+async def test_bit_flip_gives_eio_and_sigterm_is_clean(osd_process, tmp_path: Path) -> None:  # noqa: ANN001, E501
+    o = osd_process()
     o.start()
     try:
         async def put(obj: Objecter, m: Messenger) -> None:

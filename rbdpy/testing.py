@@ -1,0 +1,31 @@
+"""Small helpers for tests and benchmarks that drive an OSD through a real objecter."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from rbdpy.client.objecter import Objecter
+from rbdpy.msgr.messenger import Messenger
+from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+
+T = TypeVar("T")
+POOL = 1
+
+
+def single_osd_map(port: int, host: str = "127.0.0.1") -> OSDMap:
+    return OSDMap(osds={0: OSDInfo(0, host, port)}, pools={POOL: PoolInfo(POOL, "rbd")})
+
+
+async def run_with_objecter(port: int, fn: Callable[[Objecter, Messenger], Awaitable[T]],
+                            timeout: float = 60.0) -> T:
+    """Run ``fn(objecter, messenger)`` against the OSD on ``port``, then shut down."""
+    obj = Objecter(single_osd_map(port))
+    async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
+        obj.attach(m)
+        with trio.fail_after(timeout):
+            result = await fn(obj, m)
+        m.shutdown()
+    return result
