@@ -150,61 +150,51 @@ def is_rotational(h):  # noqa: ANN001, ANN201
     return False
 
 
-def _fail(e: BaseException) -> None:
-    err = getattr(e, "errno", None)
-    if not isinstance(err, int) or err <= 0:
-        err = errno.EIO
-    if err == errno.ENOSPC or err == errno.EDQUOT:
-        err = errno.ENOSPC
-    nbdkit.set_error(err)
+def _errno_edge(fn):  # noqa: ANN001, ANN202
+    """Typed errors inside become errno values here: set_error, then raise (never a fake
+    success with an unfilled buffer)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args):  # noqa: ANN002, ANN202
+        try:
+            return fn(*args)
+        except (OSDError, ImageError, OSError) as e:
+            err = getattr(e, "errno", None)
+            nbdkit.set_error(err if isinstance(err, int) and err > 0 else errno.EIO)
+            raise
+
+    return wrapper
 
 
+@_errno_edge
 def pread(h, buf, offset, flags):  # noqa: ANN001, ANN201
-    try:
-        _state["image"].read(offset, buf)
-    except (OSDError, ImageError, OSError) as e:
-        _fail(e)
-        raise
+    _state["image"].read(offset, buf)
 
 
+@_errno_edge
 def pwrite(h, buf, offset, flags):  # noqa: ANN001, ANN201
-    try:
-        _state["image"].write(offset, buf, fua=bool(flags & nbdkit.FLAG_FUA))
-    except (OSDError, ImageError, OSError) as e:
-        _fail(e)
-        raise
+    _state["image"].write(offset, buf, fua=bool(flags & nbdkit.FLAG_FUA))
 
 
+@_errno_edge
 def flush(h, flags):  # noqa: ANN001, ANN201
-    try:
-        _state["image"].flush()
-    except (OSDError, ImageError, OSError) as e:
-        _fail(e)
-        raise
+    _state["image"].flush()
 
 
+@_errno_edge
 def trim(h, count, offset, flags):  # noqa: ANN001, ANN201
-    try:
-        _state["image"].discard(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
-    except (OSDError, ImageError, OSError) as e:
-        _fail(e)
-        raise
+    _state["image"].discard(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
 
 
+@_errno_edge
 def zero(h, count, offset, flags):  # noqa: ANN001, ANN201
     # always fast: whole objects are deleted, partial ranges zeroed on the OSD, no data sent
-    try:
-        _state["image"].write_zeroes(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
-    except (OSDError, ImageError, OSError) as e:
-        _fail(e)
-        raise
+    _state["image"].write_zeroes(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
 
 
+@_errno_edge
 def extents(h, count, offset, flags):  # noqa: ANN001, ANN201
-    try:
-        runs = _state["image"].extents(offset, count)
-    except (ImageError, OSError) as e:
-        _fail(e)
-        raise
+    runs = _state["image"].extents(offset, count)
     hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
     return [(off, n, 0 if alloc else hole) for off, n, alloc in runs]
