@@ -6,7 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(nbdkit nbdkit-plugin-python qemu-utils fio libnbd-bin python3-libnbd python3-venv python3-dev
-      gcc ca-certificates)
+      gcc ca-certificates qemu-system-x86 busybox-static nbd-client e2fsprogs cpio kmod libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
