@@ -6,7 +6,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(nbdkit nbdkit-plugin-python qemu-utils fio libnbd-bin python3-libnbd python3-venv python3-dev
-      gcc ca-certificates qemu-system-x86 busybox-static nbd-client e2fsprogs cpio kmod libc6-dev)
+      gcc ca-certificates)
+# the kernel-attach VM test (tests/e2e) needs a few more; scripts/test.sh asks for them
+if [ "${1:-}" = "--with-test-deps" ]; then
+    pkgs+=(qemu-system-x86 busybox-static nbd-client e2fsprogs cpio kmod libc6-dev)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,7 +3,7 @@
 # is a failure here, never a pass.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-"$here/scripts/install.sh" || exit 1
+"$here/scripts/install.sh" --with-test-deps || exit 1
 cd "$here"
 "$here/.venv/bin/python" -m ruff check rbdpy nbdplugin tests bench || exit 1
 "$here/.venv/bin/python" -m pytest "$@"
