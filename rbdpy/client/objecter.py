@@ -104,8 +104,11 @@ class Objecter:
         try:
             await (req.committed if wait_commit else req.acked).wait()
         except BaseException:
-            # cancelled: forget the reader buffer so a late reply cannot land in it
+            # cancelled: forget the reader buffer so a late reply cannot land in it; a read
+            # is forgotten entirely (a write stays tracked: it may apply, flush waits for it)
             req.read_into = None
+            if not write:
+                self.inflight.pop(req.tid, None)
             raise
         if req.error:
             raise OSDError(req.error, f"{oid}")

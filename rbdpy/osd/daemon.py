@@ -15,10 +15,11 @@ applied is answered, not applied twice.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import signal
+import struct
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ from rbdpy.osd.store import ObjectStore, StoreError, Transaction
 log = logging.getLogger("rbdpy.osd")
 
 REQID_ATTR = "_reqids"
-REQID_KEEP = 8
+REQID_KEEP = 128  # per client incarnation and object: must cover its writes in flight there
+REQID_CLIENTS = 8  # client incarnations remembered per object
 
 
 @dataclass
@@ -132,7 +134,8 @@ class OSD:
         self.epoch = 1
         self._pending: list[_PendingCommit] = []
         self._commit_wanted = trio.Event()
-        self._recent: dict[str, OrderedDict[tuple, tuple[int, int]]] = {}
+        # object -> client incarnation -> its recent request ids there
+        self._recent: dict[str, OrderedDict[tuple, _ClientIds]] = {}
         self.msgr: Messenger | None = None
         self.stats = {"ops": 0, "errors": 0, "dups": 0, "commits": 0}
 
@@ -298,6 +301,8 @@ class OSD:
             elif t is osdops.CmpXattr:
                 txn.cmpxattr(op.name, op.op, op.value)
             elif t is osdops.AssertVersion:
+                if self._version(key) != op.version:  # the store says ECANCELED; ops: ERANGE
+                    raise osdops.OpError(errno.ERANGE, f"object version is not {op.version}")
                 txn.assert_version(op.version)
             elif t is osdops.AssertExists:
                 txn.assert_exists()
@@ -335,19 +340,19 @@ class OSD:
     # -- duplicate detection --------------------------------------------------------------
 
     def _find_dup(self, oid: str, reqid: tuple) -> tuple[int, int] | None:
+        ids = self._table(oid).get(reqid[:3])
+        return ids.results.get(reqid[3]) if ids is not None else None
+
+    def _table(self, oid: str) -> OrderedDict:
         recent = self._recent.get(oid)
-        if recent is None:
-            recent = self._load_recent(oid)
-        return recent.get(reqid)
+        return recent if recent is not None else self._load_recent(oid)
 
     def _load_recent(self, oid: str) -> OrderedDict:
-        recent: OrderedDict[tuple, tuple[int, int]] = OrderedDict()
+        recent: OrderedDict[tuple, _ClientIds] = OrderedDict()
         try:
-            raw = self.store.getxattr(oid, REQID_ATTR)
-            for item in json.loads(raw):
-                recent[tuple(item[:4])] = (item[4], item[5])
-        except (StoreError, ValueError):
-            pass
+            _decode_reqids(self.store.getxattr(oid, REQID_ATTR), recent)
+        except (StoreError, ValueError, struct.error):
+            recent.clear()
         if len(self._recent) > 4096:
             self._recent.pop(next(iter(self._recent)))
         self._recent[oid] = recent
@@ -360,17 +365,87 @@ class OSD:
         if not self.store.exists(oid) and not any(
                 op[0] in _CREATING for op in txn.ops):
             return  # zero/rmxattr of a missing object must not create it just for the id
-        recent = self._recent.get(oid) or self._load_recent(oid)
-        items = [[*k, v[0], v[1]] for k, v in recent.items()][-(REQID_KEEP - 1):]
-        items.append([*reqid, 0, 0])
-        txn.setxattr(REQID_ATTR, json.dumps(items).encode())
+        txn.setxattr(REQID_ATTR, _encode_reqids(self._table(oid), reqid))
 
     def _remember(self, oid: str, reqid: tuple, result: int, version: int) -> None:
-        recent = self._recent.get(oid) or self._load_recent(oid)
-        recent[reqid] = (result, version)
-        while len(recent) > REQID_KEEP:
+        recent = self._table(oid)
+        client, tid = reqid[:3], reqid[3]
+        ids = recent.pop(client, None) or _ClientIds()
+        recent[client] = ids  # most recently used client last
+        if tid not in ids.results:
+            ids.tids.append(tid)
+        ids.results[tid] = (result, version)
+        if result:
+            ids.errs[tid] = result
+        if len(ids.tids) > REQID_KEEP:
+            for old in ids.tids[: len(ids.tids) - REQID_KEEP]:
+                ids.results.pop(old, None)
+                ids.errs.pop(old, None)
+            del ids.tids[: len(ids.tids) - REQID_KEEP]
+        while len(recent) > REQID_CLIENTS:
             recent.popitem(last=False)
 
+
+class _ClientIds:
+    """One client incarnation's recent requests on one object, oldest first."""
+
+    __slots__ = ("tids", "results", "errs")
+
+    def __init__(self) -> None:
+        self.tids = array("Q")
+        self.results: dict[int, tuple[int, int]] = {}  # tid -> (result, version)
+        self.errs: dict[int, int] = {}  # tid -> result, failures only
+
+
+# persisted request ids (binary, so a deep window costs a memcpy, not a Python loop):
+# magic, n clients, then per client: type, num, incarnation, n tids, n failures,
+# tids u64…, (tid u64, result i32)…
+_RQ_MAGIC = b"RQ1"
+_RQ_CLIENT = struct.Struct("<BQQHH")
+_RQ_ERR = struct.Struct("<Qi")
+
+
+def _encode_reqids(recent: OrderedDict, reqid: tuple) -> bytes:
+    """The table as it will be once ``reqid`` is applied (it is written in the same txn)."""
+    client, tid = reqid[:3], reqid[3]
+    out = [_RQ_MAGIC, b""]
+    n = 0
+    for c in [c for c in recent if c != client][-(REQID_CLIENTS - 1):] + [client]:
+        ids = recent.get(c)
+        tids = ids.tids if ids is not None else array("Q")
+        if c == client and (ids is None or tid not in ids.results):
+            tids = tids[len(tids) - REQID_KEEP + 1:] if len(tids) >= REQID_KEEP else tids[:]
+            tids.append(tid)
+        if not tids:
+            continue
+        errs = list(ids.errs.items()) if ids is not None else []
+        out.append(_RQ_CLIENT.pack(c[0], c[1], c[2], len(tids), len(errs)))
+        out.append(tids.tobytes())
+        out.extend(_RQ_ERR.pack(t, r) for t, r in errs)
+        n += 1
+    out[1] = bytes([n])
+    return b"".join(out)
+
+
+def _decode_reqids(raw: bytes, recent: OrderedDict) -> None:
+    if not raw.startswith(_RQ_MAGIC):
+        raise ValueError("not a request id table")
+    pos = len(_RQ_MAGIC) + 1
+    for _ in range(raw[len(_RQ_MAGIC)]):
+        ctype, cnum, inc, nt, ne = _RQ_CLIENT.unpack_from(raw, pos)
+        pos += _RQ_CLIENT.size
+        ids = _ClientIds()
+        ids.tids.frombytes(raw[pos : pos + 8 * nt])
+        pos += 8 * nt
+        ids.results = dict.fromkeys(ids.tids, (0, 0))
+        for _ in range(ne):
+            t, r = _RQ_ERR.unpack_from(raw, pos)
+            pos += _RQ_ERR.size
+            ids.errs[t] = r
+            ids.results[t] = (r, 0)
+        recent[(ctype, cnum, inc)] = ids
+    if pos != len(raw):
+        raise ValueError("trailing bytes in the request id table")
 
 
 _CREATING = {1, 2, 4, 6, 20, 21}  # store codes: create, write, truncate, setxattr, excl, full

@@ -1,0 +1,435 @@
+"""The OSD daemon as a real process, driven over loopback by the objecter (and by hand)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from rbdpy.client.objecter import Objecter, OSDError
+from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message
+from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
+from rbdpy.osd import ops as O
+from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+
+POOL = 1
+BS = 4096
+
+
+def osdmap(port: int) -> OSDMap:
+    return OSDMap(osds={0: OSDInfo(0, "127.0.0.1", port)}, pools={POOL: PoolInfo(POOL, "rbd")})
+
+
+@asynccontextmanager
+async def client(port: int, timeout: float = 30) -> AsyncIterator[Objecter]:
+    obj = Objecter(osdmap(port))
+    async with Messenger(obj.me, obj, backoff=(0.01, 0.1)) as m:
+        obj.attach(m)
+        with trio.fail_after(timeout):
+            yield obj
+        m.shutdown()
+
+
+async def read(obj: Objecter, oid: str, off: int, n: int) -> bytes:
+    r = await obj.submit(POOL, oid, [O.Read(off, n)], write=False)
+    return b"".join(bytes(s) for s in r.results[0].out or [])
+
+
+async def expect_err(err: int, coro) -> None:  # noqa: ANN001
+    with pytest.raises(OSDError) as ei:
+        await coro
+    assert ei.value.errno == err, ei.value
+
+
+# ---- every op -------------------------------------------------------------------------------
+
+
+async def test_every_op(osd_proc) -> None:  # noqa: ANN001
+    port, _data, _h = osd_proc
+    async with client(port) as obj:
+        s = POOL
+        # create / exclusive create
+        r = await obj.submit(s, "o", [O.Create(False)], write=True, wait_commit=True)
+        assert r.result == 0 and r.flags & O.FLAG_COMMIT and r.version > 0
+        await obj.submit(s, "o", [O.Create(False)], write=True)  # non-exclusive: fine
+        await expect_err(errno.EEXIST, obj.submit(s, "o", [O.Create(True)], write=True))
+        # write (unaligned, from a slice of a bigger buffer) and read into the reader's buffer
+        src = bytearray(os.urandom(3 * BS))
+        await obj.submit(s, "o", [O.Write(1000, memoryview(src)[5:9005])], write=True)
+        dest = bytearray(9000)
+        r = await obj.submit(s, "o", [O.Read(1000, 9000)], write=False,
+                             read_into=[memoryview(dest)])
+        assert dest == src[5:9005] and r.results[0].out[0].obj is dest
+        assert await read(obj, "o", 0, 1000) == bytes(1000)
+        assert await read(obj, "o", 9990, 100) == bytes(src[8995:9005])  # short at EOF
+        # stat
+        r = await obj.submit(s, "o", [O.Stat()], write=False)
+        st = r.results[0].out
+        assert st.size == 10000 and st.version == r.version and st.mtime > 0
+        # xattrs: set, get, getall, rm, missing
+        await obj.submit(s, "o", [O.SetXattr("a", b"1"), O.SetXattr("n", b"41"),
+                                  O.SetXattr("e", b"")], write=True)
+        r = await obj.submit(s, "o", [O.GetXattr("a"), O.GetXattr("e"), O.GetXattrs()],
+                             write=False)
+        assert [x.out for x in r.results] == [b"1", b"", {"a": b"1", "e": b"",
+                                                          "n": b"41"}]
+        await obj.submit(s, "o", [O.RmXattr("e")], write=True)
+        await expect_err(errno.ENODATA, obj.submit(s, "o", [O.GetXattr("e")], write=False))
+        await expect_err(errno.EINVAL, obj.submit(s, "o", [O.SetXattr("_x", b"")],
+                                                  write=True))
+        # guards that hold (bytes; u64 against a decimal xattr) in read and write vectors
+        await obj.submit(s, "o", [O.CmpXattr("a", 1, O.CMP_STRING, b"1"),
+                                  O.CmpXattr("n", 3, O.CMP_U64, 40),
+                                  O.CmpXattr("n", 6, O.CMP_U64, 41)], write=False)
+        await obj.submit(s, "o", [O.CmpXattr("a", 2, O.CMP_STRING, b"2"),
+                                  O.SetXattr("a", b"2")], write=True)
+        r = await obj.submit(s, "o", [O.GetXattr("a")], write=False)
+        assert r.results[0].out == b"2"
+        # zero (never grows), truncate (shrink and grow), sparse read
+        await obj.submit(s, "o", [O.Zero(2000, 500), O.Zero(9000, 50000)], write=True)
+        got = await read(obj, "o", 0, 20000)
+        model = bytearray(10000)
+        model[1000:10000] = src[5:9005]
+        model[2000:2500] = bytes(500)
+        model[9000:] = bytes(1000)
+        assert got == model
+        await obj.submit(s, "o", [O.Truncate(3000)], write=True)
+        await obj.submit(s, "o", [O.Truncate(8 * BS)], write=True)
+        got = await read(obj, "o", 0, 1 << 20)
+        assert got == bytes(model[:3000]) + bytes(8 * BS - 3000)
+        await obj.submit(s, "sp", [O.Write(0, b"a" * BS), O.Write(1 << 20, b"b" * 10)],
+                         write=True)
+        r = await obj.submit(s, "sp", [O.SparseRead(0, 2 << 20)], write=False)
+        extents, data = r.results[0].out
+        joined = b"".join(bytes(d) for d in data)
+        assert sum(n for _o, n in extents) == len(joined)
+        assert extents[0][0] == 0 and extents[-1][0] + extents[-1][1] == (1 << 20) + 10
+        assert all(o + n <= (1 << 20) or o >= (1 << 20) - BS for o, n in extents[:-1])
+        assert joined.startswith(b"a" * BS) and joined.endswith(b"b" * 10)
+        # writefull replaces data (and size)
+        await obj.submit(s, "o", [O.WriteFull(b"full")], write=True)
+        assert await read(obj, "o", 0, 100) == b"full"
+        # version and existence guards
+        r = await obj.submit(s, "o", [O.Stat()], write=False)
+        v = r.results[0].out.version
+        await obj.submit(s, "o", [O.AssertVersion(v), O.AssertExists()], write=False)
+        await expect_err(errno.ERANGE, obj.submit(s, "o", [O.AssertVersion(v + 1)],
+                                                  write=False))
+        await expect_err(errno.ENOENT, obj.submit(s, "none", [O.AssertExists()],
+                                                  write=False))
+        # class calls: lock (write) and rbd directory (write + read)
+        lk = {"name": "l", "owner": "me", "cookie": "c"}
+        await obj.submit(s, "o", [O.Call("lock", "lock", json.dumps(lk).encode())],
+                         write=True)
+        await expect_err(errno.EBUSY, obj.submit(s, "o", [O.Call("lock", "lock", json.dumps(
+            {**lk, "owner": "other"}).encode())], write=True))
+        r = await obj.submit(s, "dir", [O.Call("rbd", "dir_add", json.dumps(
+            {"name": "img", "id": "abc"}).encode())], write=True)
+        assert r.results[0].out == b""
+        r = await obj.submit(s, "dir", [O.Call("rbd", "dir_list", b"")], write=False)
+        assert json.loads(r.results[0].out) == {"img": "abc"}
+        await expect_err(errno.EOPNOTSUPP, obj.submit(s, "o", [O.Call("nope", "m", b"")],
+                                                      write=False))
+        # listing pages through the pool
+        for i in range(5):
+            await obj.submit(s, f"p{i}", [O.Write(0, b"x")], write=True)
+        names: list[str] = []
+        marker = ""
+        while True:
+            r = await obj.submit(s, "", [O.ListObjects(marker, 3)], write=False)
+            page, nxt = r.results[0].out
+            assert len(page) <= 3
+            names += page
+            if nxt is None:
+                break
+            marker = nxt
+        assert names == sorted(["o", "sp", "dir", "p0", "p1", "p2", "p3", "p4"])
+        # delete
+        await obj.submit(s, "o", [O.Delete()], write=True)
+        await expect_err(errno.ENOENT, obj.submit(s, "o", [O.Stat()], write=False))
+        await expect_err(errno.ENOENT, obj.submit(s, "o", [O.Read(0, 1)], write=False))
+        await expect_err(errno.ENOENT, obj.submit(s, "o", [O.Delete()], write=True))
+        await expect_err(errno.EFBIG, obj.submit(s, "big", [O.Write(64 << 20, b"x")],
+                                                 write=True))
+        await obj.flush()
+
+
+async def test_failing_guard_leaves_the_whole_vector_unapplied(osd_proc) -> None:  # noqa: ANN001
+    port, _data, _h = osd_proc
+    async with client(port) as obj:
+        await obj.submit(POOL, "g", [O.Write(0, b"before" * 1000), O.SetXattr("k", b"v")],
+                         write=True)
+        r = await obj.submit(POOL, "g", [O.Stat()], write=False)
+        st0 = r.results[0].out
+        rest = [O.Write(0, b"AFTER!" * 2000), O.SetXattr("k2", b"x"), O.RmXattr("k"),
+                O.Truncate(10), O.Zero(0, 100), O.Call("rbd", "dir_add", json.dumps(
+                    {"name": "n", "id": "i"}).encode())]
+        for pos in (0, 3, len(rest)):  # the guard first, in the middle, last
+            vec = [*rest[:pos], O.CmpXattr("k", 1, O.CMP_STRING, b"no"), *rest[pos:]]
+            await expect_err(errno.ECANCELED, obj.submit(POOL, "g", vec, write=True))
+            vec = [*rest[:pos], O.AssertVersion(st0.version + 7), *rest[pos:]]
+            await expect_err(errno.ERANGE, obj.submit(POOL, "g", vec, write=True))
+        r = await obj.submit(POOL, "g", [O.Read(0, 1 << 20), O.GetXattrs(), O.Stat()],
+                             write=False)
+        assert b"".join(r.results[0].out) == b"before" * 1000
+        assert r.results[1].out == {"k": b"v"}
+        assert r.results[2].out.version == st0.version and r.results[2].out.size == 6000
+        # the same vector with a guard that holds applies all of it
+        await obj.submit(POOL, "g", [O.CmpXattr("k", 1, O.CMP_STRING, b"v"), *rest],
+                         write=True)
+        r = await obj.submit(POOL, "g", [O.Read(0, 100), O.GetXattrs()], write=False)
+        assert b"".join(r.results[0].out) == bytes(10)
+        assert set(r.results[1].out) == {"k2", "name.n"}
+
+
+# ---- crashes --------------------------------------------------------------------------------
+
+
+def stamp(wid: int, objno: int, blk: int) -> bytes:
+    """A 4 KiB block that names the write, object and block it belongs to."""
+    return struct.pack("<QII", wid, objno, blk) * (BS // 16)
+
+
+def parse_block(raw: bytes, objno: int, blk: int) -> int:
+    """The write id a block came from (0 = never written); fails on torn/foreign data."""
+    if raw == bytes(BS):
+        return 0
+    wid = struct.unpack_from("<Q", raw)[0]
+    assert raw == stamp(wid, objno, blk), f"torn or foreign block {objno}/{blk}"
+    return wid
+
+
+class CrashModel:
+    """What was written where (write ids) and what was flushed; checks a recovered object."""
+
+    def __init__(self, nobj: int, nblk: int) -> None:
+        self.nobj, self.nblk = nobj, nblk
+        self.oids = [f"rbd_data.k9.{i:016x}" for i in range(nobj)]
+        self.written: dict[tuple[int, int], set[int]] = {}
+        self.flushed: dict[tuple[int, int], int] = {}
+        self.latest: dict[tuple[int, int], int] = {}
+        self.wid = 0
+        self.kills_with_inflight = 0
+
+    async def write(self, obj: Objecter, o: int, b: int) -> None:
+        self.wid += 1  # wid order == tid order: no checkpoint before submit sends
+        wid = self.wid
+        self.written.setdefault((o, b), set()).add(wid)
+        self.latest[(o, b)] = wid
+        await obj.submit(POOL, self.oids[o], [O.Write(b * BS, stamp(wid, o, b))], write=True)
+
+    async def stream(self, obj: Objecter, rnd: random.Random, flushed_enough: trio.Event,
+                     kill_after: int) -> None:
+        """Bursts of concurrent block writes, each burst followed by a flush."""
+        nflush = 0
+        while True:
+            async with trio.open_nursery() as n:
+                for _ in range(rnd.randint(8, 48)):
+                    n.start_soon(self.write, obj, rnd.randrange(self.nobj),
+                                 rnd.randrange(self.nblk))
+            snap = dict(self.latest)
+            await obj.flush()
+            self.flushed.update(snap)
+            nflush += 1
+            if nflush >= kill_after:
+                flushed_enough.set()
+
+    async def crash_round(self, port: int, h, seed: int) -> None:  # noqa: ANN001
+        rnd = random.Random(seed)
+        flushed_enough = trio.Event()
+        self.latest = {}  # writes cut off by the last kill were never acked: not flushed
+        async with client(port) as obj, trio.open_nursery() as n:
+            n.start_soon(self.stream, obj, rnd, flushed_enough, rnd.randint(2, 6))
+            await flushed_enough.wait()
+            while not obj.uncommitted:  # kill with writes in flight
+                await trio.sleep(0)
+            self.kills_with_inflight += 1
+            h.kill9()
+            n.cancel_scope.cancel()
+
+    async def check(self, obj: Objecter) -> None:
+        for o, oid in enumerate(self.oids):
+            try:
+                data = await read(obj, oid, 0, self.nblk * BS)
+            except OSDError as e:
+                assert e.errno == errno.ENOENT and not any(k[0] == o for k in self.flushed)
+                continue
+            data = data.ljust(self.nblk * BS, b"\0")
+            for b in range(self.nblk):
+                w = parse_block(data[b * BS : (b + 1) * BS], o, b)
+                if (o, b) in self.flushed:  # the flushed version or a later one
+                    assert w >= self.flushed[(o, b)] and w in self.written[(o, b)], (o, b, w)
+                else:
+                    assert w == 0 or w in self.written[(o, b)]
+
+
+async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd_proc) -> None:  # noqa: ANN001
+    port, _data, h = osd_proc
+    model = CrashModel(3, 48)
+    for seed in range(3):
+        await model.crash_round(port, h, seed)
+        h.start()
+        async with client(port) as obj:
+            await model.check(obj)
+    assert model.kills_with_inflight == 3
+    assert len(model.flushed) > model.nobj * model.nblk // 2
+
+
+async def test_flipped_byte_is_eio_and_other_objects_still_served(osd_proc) -> None:  # noqa: ANN001
+    port, data, h = osd_proc
+    blocks = [bytes([65 + i]) * BS for i in range(3)]
+    async with client(port) as obj:
+        await obj.submit(POOL, "victim", [O.Write(0, b"".join(blocks))], write=True)
+        await obj.submit(POOL, "other", [O.Write(0, b"B" * 100)], write=True)
+        await obj.flush()
+    assert h.terminate() == 0
+    files = [p for p in (data / "store" / "objects").rglob("*")
+             if p.is_file() and "victim" in p.name]
+    assert len(files) == 1
+    with open(files[0], "r+b") as f:
+        f.seek(BS + 123)
+        b = f.read(1)
+        f.seek(BS + 123)
+        f.write(bytes([b[0] ^ 0x10]))
+    h.start()
+    async with client(port) as obj:
+        await expect_err(errno.EIO, obj.submit(POOL, "victim", [O.Read(BS, BS)], write=False))
+        await expect_err(errno.EIO, obj.submit(POOL, "victim", [O.Read(0, 3 * BS)],
+                                               write=False))
+        await expect_err(errno.EIO, obj.submit(POOL, "victim", [O.Read(BS + 4000, 10)],
+                                               write=False))
+        assert await read(obj, "victim", 0, BS) == blocks[0]
+        assert await read(obj, "victim", 2 * BS, BS) == blocks[2]
+        assert await read(obj, "other", 0, 100) == b"B" * 100
+        await obj.submit(POOL, "new", [O.Write(0, b"n")], write=True, wait_commit=True)
+        assert await read(obj, "new", 0, 1) == b"n"
+    assert h.running
+
+
+async def test_sigterm_commits_and_exits_zero(osd_proc) -> None:  # noqa: ANN001
+    port, _data, h = osd_proc
+    payload = {i: os.urandom(BS + i) for i in range(40)}
+    async with client(port) as obj:
+        for i, d in payload.items():  # acked (applied), no flush
+            await obj.submit(POOL, f"t{i}", [O.Write(i, d)], write=True)
+        assert h.terminate() == 0
+    assert "osd stopped cleanly" in h.log_text()
+    h.start()
+    async with client(port) as obj:
+        for i, d in payload.items():
+            assert await read(obj, f"t{i}", 0, 1 << 20) == bytes(i) + d
+
+
+# ---- malformed requests ---------------------------------------------------------------------
+
+
+async def test_malformed_requests_get_error_replies(osd_proc) -> None:  # noqa: ANN001
+    port, _data, h = osd_proc
+    replies: dict[int, Message] = {}
+    arrived = trio.Event()
+
+    async def on_msg(peer: Peer, msg: Message) -> None:
+        nonlocal arrived
+        replies[msg.tid] = msg
+        arrived.set()
+        arrived = trio.Event()
+
+    me = EntityName(ENTITY_CLIENT, 777)
+    kw = dict(client=me, incarnation=1, epoch=1, pool=POOL, flags=O.FLAG_READ)
+    good = O.encode_request([O.Read(0, 1)], tid=1, oid="x", **kw)
+    unknown = bytearray(good.front)
+    struct.pack_into("<H", unknown, O._REQ_HEAD.size + 4 + 1 + 8 + 4 + 2, 999)
+    huge = O.encode_request([O.Stat()], tid=1, oid="h" * (1 << 20), **kw)
+    w = O.encode_request([O.Write(0, b"abcdef")], tid=1, oid="x", **kw)
+    too_many = bytearray(good.front)
+    struct.pack_into("<H", too_many, O._REQ_HEAD.size + 4 + 1 + 8 + 4, O.MAX_OPS + 1)
+    cases = {
+        101: (Message(type=O.MSG_OSD_OP, front=b"\x01\x02garbage"), errno.EBADMSG),
+        102: (Message(type=O.MSG_OSD_OP, front=bytes(unknown)), errno.EOPNOTSUPP),
+        103: (Message(type=O.MSG_OSD_OP, front=huge.front), errno.EINVAL),
+        104: (Message(type=O.MSG_OSD_OP, front=bytes(good.front[:30])), errno.EBADMSG),
+        105: (Message(type=O.MSG_OSD_OP, front=w.front, data=O.BioChain([b"abc"])),
+              errno.EBADMSG),  # 3 data bytes where the op says 6
+        106: (Message(type=O.MSG_OSD_OP, front=bytes(too_many)), errno.EINVAL),
+        107: (Message(type=O.MSG_OSD_OP, front=random.Random(1).randbytes(3000)), None),
+    }
+    async with Messenger(me, SimpleDispatcher(on_msg)) as m:
+        with trio.fail_after(30):
+            peer = m.connect(("127.0.0.1", port))
+            await peer.connected.wait()  # the messenger handshake is done
+            for tid, (msg, _err) in cases.items():
+                msg.tid = tid
+                peer.send(msg)
+            while not set(cases) <= set(replies):
+                await arrived.wait()
+            for tid, (_msg, err) in cases.items():
+                rep = O.decode_reply(replies[tid], [])
+                assert rep.flags & O.FLAG_ACK and rep.flags & O.FLAG_COMMIT
+                if err is None:
+                    assert rep.result < 0
+                else:
+                    assert rep.result == -err, (tid, rep.result)
+            # the same session still works for a well-formed request
+            ok = O.encode_request([O.Write(0, b"still")], tid=200, oid="alive",
+                                  **{**kw, "flags": O.FLAG_WRITE | O.FLAG_ACK})
+            peer.send(ok)
+            while 200 not in replies:
+                await arrived.wait()
+            assert O.decode_reply(replies[200], [O.Write(0, b"")]).result == 0
+        m.shutdown()
+    assert h.running
+    async with client(port) as obj:  # and another client is served
+        assert await read(obj, "alive", 0, 5) == b"still"
+
+
+# ---- concurrency ----------------------------------------------------------------------------
+
+
+async def test_concurrent_unaligned_writes_lose_no_update(osd_proc) -> None:  # noqa: ANN001
+    port, _data, _h = osd_proc
+    rnd = random.Random(7)
+    size = 600_000
+    # non-overlapping: a random partition of [0, size) written by two clients at once
+    cuts = sorted(rnd.sample(range(1, size), 199))
+    ranges = list(zip([0, *cuts], [*cuts, size]))
+    rnd.shuffle(ranges)
+    src = os.urandom(size)
+    # overlapping: random ranges over one object, applied in submission order
+    over = []
+    for i in range(250):
+        off = rnd.randrange(0, size - 9000)
+        over.append((off, bytes([i % 255 + 1]) * rnd.randint(1, 9000)))
+    order: list[int] = []
+    async with client(port) as a, client(port) as b:
+        async def put(obj: Objecter, lo: int, hi: int) -> None:
+            await obj.submit(POOL, "nov", [O.Write(lo, memoryview(src)[lo:hi])], write=True)
+
+        async def put_over(i: int) -> None:
+            off, data = over[i]
+            order.append(i)  # no checkpoint between this and the tid being assigned
+            await a.submit(POOL, "ovl", [O.Write(off, data)], write=True)
+
+        async with trio.open_nursery() as n:
+            for k, (lo, hi) in enumerate(ranges):
+                n.start_soon(put, (a, b)[k % 2], lo, hi)
+            for i in range(len(over)):
+                n.start_soon(put_over, i)
+        await a.flush()
+        await b.flush()
+        assert await read(b, "nov", 0, 1 << 20) == src
+        model = bytearray(size)
+        for i in order:
+            off, data = over[i]
+            model[off : off + len(data)] = data
+        got = await read(b, "ovl", 0, 1 << 20)
+        end = max(off + len(d) for off, d in over)
+        assert len(got) == end and got == bytes(model[:end])
+    assert sorted(order) == list(range(len(over)))
+
