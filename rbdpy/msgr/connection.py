@@ -32,7 +32,7 @@ from rbdpy.msgr.message import (
     encode_footer,
     encode_header,
 )
-from rbdpy.msgr.payload import BioChain, Pages, SegmentCursor
+from rbdpy.msgr.payload import BioChain, Pages, SegmentCursor, _view
 
 log = logging.getLogger("rbdpy.msgr")
 
@@ -542,9 +542,11 @@ class Connection:
             s = Session(lossy=lossy, peer=peer, peer_nonce=pnonce)
             reg.sessions[peer] = s
         elif cseq == 0:
-            # same peer, but it reset its side of the session
-            self._events.append(PeerReset(peer))
-            s.reset()
+            if s.in_seq or s.out_seq:
+                # same peer, but it reset its side of the session
+                self._events.append(PeerReset(peer))
+                s.reset()
+            # else: it never read our READY (the connection died in the handshake): go on
         elif cseq < s.connect_seq:
             self._reply(TAG_RETRY_SESSION, 0, s.connect_seq, 0)
             return self._expect(_S_CONNECT, CONNECT.size)
@@ -692,6 +694,8 @@ class Connection:
             self._data_cursor = SegmentCursor(_clip(segs, n))
         elif n:
             segs = self.alloc_data(h) if self.alloc_data else None
+            if segs is not None:
+                segs = [_view(s) for s in segs]  # lengths in bytes, whatever the item format
             if segs is not None and sum(len(s) for s in segs) >= n:
                 payload = BioChain(_clip(segs, n))
             else:

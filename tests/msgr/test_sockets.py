@@ -115,6 +115,19 @@ async def test_unix_socket_and_in_place_landing(tmp_path: Path) -> None:
     assert landed == [True] and bytes(dest) == data
 
 
+def _send_junk_until_closed(host: str, port: int, junk: bytes) -> None:
+    """Blocking socket calls: run in a thread, so the server's trio loop keeps running."""
+    raw = socket.create_connection((host, port))
+    raw.sendall(junk)
+    raw.settimeout(5)
+    try:
+        while raw.recv(65536):
+            pass  # the server closes the connection on us
+    except ConnectionResetError:
+        pass
+    raw.close()
+
+
 async def test_garbage_connections_do_not_hurt_other_clients() -> None:
     got = []
 
@@ -132,15 +145,7 @@ async def test_garbage_connections_do_not_hurt_other_clients() -> None:
             host, port = await s.listen()
             for junk in (b"NOT A BANNER AT ALL", b"rbdpy\x00v1" + b"\xff" * 200,
                          b"rbdpy\x00v1" + bytes(10_000)):
-                raw = socket.create_connection((host, port))
-                raw.sendall(junk)
-                raw.settimeout(5)
-                try:
-                    while raw.recv(65536):
-                        pass  # the server closes the connection on us
-                except (ConnectionResetError, TimeoutError):
-                    pass
-                raw.close()
+                await trio.to_thread.run_sync(_send_junk_until_closed, host, port, junk)
             async with Messenger(CLI, SimpleDispatcher(cli)) as c:
                 c.connect((host, port)).send(Message(type=1, tid=42, front=b"hi"))
                 await replies.wait()

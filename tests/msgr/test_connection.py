@@ -1,0 +1,1038 @@
+"""The sans-I/O Connection and Session, driven in memory, deterministically.
+
+Bytes move between a client and a server Connection through a staging buffer that is
+scribbled over after every ``feed`` (as the trio driver reuses its buffer), in random chunk
+sizes, mixed with the zero-copy ``recv_target``/``received_direct`` path. Cuts, corruption,
+restarts and replays are all injected here, byte by byte.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import tracemalloc
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rbdpy.msgr.connection import (
+    BANNER,
+    CONNECT,
+    CONNECT_REPLY,
+    DIRECT_MIN,
+    PROTOCOL_FEATURES,
+    TAG_BADAUTH,
+    TAG_WAIT,
+    Closed,
+    Connection,
+    Fault,
+    HandshakeDone,
+    KeepaliveAck,
+    KeepaliveReceived,
+    Limits,
+    MessageReceived,
+    PeerReset,
+    Session,
+    SessionRegistry,
+    SessionReset,
+)
+from rbdpy.msgr.message import (
+    FOOTER_LEN,
+    FOOTER_NOCRC,
+    HEADER_LEN,
+    EntityName,
+    Message,
+    MsgHeader,
+    encode_header,
+)
+from rbdpy.msgr.payload import PAGE_SIZE, BioChain, Pagelist, Pages
+
+CLIENT, SERVER = EntityName(1, 7), EntityName(2, 0)
+C_NONCE, S_NONCE = 0x1111, 0x2222
+
+
+def rand_bytes(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+# ---- an in-memory wire ----------------------------------------------------------------------
+
+
+class Staging:
+    """The driver's reusable receive buffer: overwritten after every feed, so a Connection
+    that kept a view of fed bytes instead of copying what it needs would see garbage."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(128 << 10)
+
+    def feed(self, conn: Connection, data: memoryview) -> list:
+        n = len(data)
+        if n > len(self.buf):
+            self.buf = bytearray(n)
+        self.buf[:n] = data
+        ev = conn.feed(memoryview(self.buf)[:n])
+        self.buf[:n] = b"\xa5" * n
+        return ev
+
+
+def deliver(b: Connection, data: bytes, rnd: random.Random, staging: Staging,
+            direct: bool = True) -> list:
+    """Hand ``data`` to ``b`` in random chunks (1 byte included), mixing both receive paths."""
+    events: list = []
+    mv = memoryview(data)
+    pos = 0
+    while pos < len(mv) and not b.faulted:
+        target = b.recv_target() if direct else None
+        if target is not None and rnd.random() < 0.8:
+            n = min(len(target), len(mv) - pos)
+            if rnd.random() < 0.4:
+                n = rnd.randint(1, n)
+            target[:n] = mv[pos : pos + n]
+            events += b.received_direct(n)
+        else:
+            r = rnd.random()
+            if r < 0.25:
+                n = 1
+            elif r < 0.55:
+                n = rnd.randint(1, 80)
+            else:
+                n = rnd.randint(1, 100_000)
+            events += staging.feed(b, mv[pos : pos + n])
+        pos += n
+    return events
+
+
+@dataclass
+class Link:
+    """One client Connection and one server Connection joined by an in-memory wire."""
+
+    c: Connection
+    s: Connection
+    rnd: random.Random = field(default_factory=lambda: random.Random(0))
+    direct: bool = True
+    cev: list = field(default_factory=list)
+    sev: list = field(default_factory=list)
+    staging: Staging = field(default_factory=Staging)
+
+    def run(self, budget: int | None = None, eof_both: bool = True) -> bool:
+        """Move bytes both ways until both sides are quiet. With a ``budget``, cut the wire
+        once that many bytes have crossed (the sender thinks it sent them all, the receiver
+        gets only a prefix), then both sides see EOF. Returns True if it cut."""
+        for _ in range(100_000):
+            moved = False
+            for a, b, ev in ((self.c, self.s, self.sev), (self.s, self.c, self.cev)):
+                if a.faulted:
+                    continue
+                out = a.data_to_send()
+                if not out:
+                    continue
+                data = b"".join(out)
+                a.sent(len(data))
+                moved = True
+                if budget is not None and len(data) >= budget:
+                    ev += deliver(b, data[:budget], self.rnd, self.staging, self.direct)
+                    self.cut(eof_both)
+                    return True
+                if budget is not None:
+                    budget -= len(data)
+                ev += deliver(b, data, self.rnd, self.staging, self.direct)
+            if not moved:
+                return False
+        raise AssertionError("the connections never went quiet")
+
+    def cut(self, eof_both: bool = True) -> None:
+        self.cev += self.c.eof()
+        if eof_both:
+            self.sev += self.s.eof()
+
+    def take(self) -> tuple[list, list]:
+        cev, sev = self.cev, self.sev
+        self.cev, self.sev = [], []
+        return cev, sev
+
+
+_gseq = iter(range(1, 1 << 40))
+
+
+def connect(session: Session, registry: SessionRegistry, *, rnd: random.Random | None = None,
+            c_alloc=None, s_alloc=None, limits: Limits | None = None,  # noqa: ANN001
+            c_nonce: int = C_NONCE, s_nonce: int = S_NONCE, gseq: int | None = None,
+            direct: bool = True) -> Link:
+    c = Connection(CLIENT, c_nonce, client=True, session=session, alloc_data=c_alloc,
+                   limits=limits, global_seq=next(_gseq) if gseq is None else gseq)
+    s = Connection(SERVER, s_nonce, client=False, registry=registry, alloc_data=s_alloc,
+                   limits=limits)
+    return Link(c, s, rnd or random.Random(0), direct)
+
+
+def open_link(session: Session | None = None, registry: SessionRegistry | None = None,
+              **kw) -> Link:  # noqa: ANN003
+    link = connect(session or Session(), registry or SessionRegistry(), **kw)
+    link.run()
+    assert link.c.open and link.s.open, (link.cev, link.sev)
+    return link
+
+
+def received(events: list) -> list[Message]:
+    return [e.msg for e in events if isinstance(e, MessageReceived)]
+
+
+def faults(events: list) -> list[str]:
+    return [e.reason for e in events if isinstance(e, Fault)]
+
+
+def of(events: list, kind: type) -> list:
+    return [e for e in events if isinstance(e, kind)]
+
+
+# ---- messages of every payload kind ---------------------------------------------------------
+
+
+@dataclass
+class Expect:
+    type: int
+    tid: int
+    priority: int
+    version: int
+    data_off: int
+    front: bytes
+    middle: bytes
+    data: bytes
+
+    @classmethod
+    def of(cls, m: Message) -> Expect:
+        return cls(m.type, m.tid, m.priority, m.version, m.data_off, bytes(m.front),
+                   bytes(m.middle), m.data_bytes())
+
+    def check(self, m: Message) -> None:
+        assert Expect.of(m) == self
+
+
+def fill_pages(data: bytes, offset: int) -> Pages:
+    p = Pages.alloc(len(data), offset)
+    pos = 0
+    for seg in p.segments():
+        seg[:] = data[pos : pos + len(seg)]
+        pos += len(seg)
+    return p
+
+
+def pagelist(data: bytes) -> Pagelist:
+    pl = Pagelist()
+    for i in range(0, len(data), 1000):  # grown in pieces, like an encoder would
+        pl.append(data[i : i + 1000])
+    return pl
+
+
+SIZES = [0, 1, 7, 100, PAGE_SIZE - 1, PAGE_SIZE, PAGE_SIZE + 1, 9000, 20_000, 70_000]
+
+
+@st.composite
+def messages(draw) -> Message:  # noqa: ANN001
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = random.Random(seed)
+
+    def blob(n: int) -> bytes:
+        return rand_bytes(n, rng.getrandbits(32))
+
+    kind = draw(st.sampled_from(["none", "pages", "pagelist", "bio"]))
+    data = None
+    if kind == "pages":
+        n = draw(st.sampled_from(SIZES))
+        data = fill_pages(blob(n), draw(st.sampled_from([0, 1, 100, PAGE_SIZE - 1])))
+    elif kind == "pagelist":
+        data = pagelist(blob(draw(st.sampled_from(SIZES))))
+    elif kind == "bio":
+        shared = bytearray(blob(100_000))
+        data = BioChain()
+        for _ in range(draw(st.integers(1, 4))):
+            n = draw(st.sampled_from(SIZES))
+            if draw(st.booleans()):
+                off = draw(st.integers(0, len(shared) - n))
+                data.append(shared, off, n)
+            else:
+                data.append(np.frombuffer(blob(n), dtype=np.uint8).copy())
+    trail = None
+    if draw(st.booleans()):
+        trail = pagelist(blob(draw(st.sampled_from([0, 1, 13, PAGE_SIZE + 5]))))
+    return Message(
+        type=draw(st.integers(0, 0xFFFF)),
+        front=blob(draw(st.sampled_from([0, 1, 50, 300]))),
+        middle=blob(draw(st.sampled_from([0, 1, 40]))),
+        data=data,
+        trail=trail,
+        tid=draw(st.integers(0, 2**64 - 1)),
+        priority=draw(st.integers(0, 0xFFFF)),
+        version=draw(st.integers(0, 0xFFFF)),
+        data_off=draw(st.integers(0, 0xFFFF)),
+    )
+
+
+def plain(tag: int, data: bytes = b"", front: bytes | None = None) -> Message:
+    return Message(type=1, tid=tag, front=front if front is not None else b"t%d" % tag,
+                   data=BioChain([data]) if data else None)
+
+
+# ---- round trips ----------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    up=st.lists(messages(), min_size=1, max_size=5),
+    down=st.lists(messages(), max_size=5),
+    rnd=st.randoms(use_true_random=False),
+    direct=st.booleans(),
+    with_alloc=st.booleans(),
+)
+def test_roundtrip_every_payload_kind_any_chunking(
+    up: list[Message], down: list[Message], rnd: random.Random, direct: bool, with_alloc: bool
+) -> None:
+    alloc_calls: list[MsgHeader] = []
+
+    def alloc(h: MsgHeader) -> list[memoryview]:
+        alloc_calls.append(h)
+        # several destination segments of odd sizes, more room than needed
+        buf = bytearray(h.data_len + 1000)
+        mv = memoryview(buf)
+        cut1, cut2 = h.data_len // 3, h.data_len // 3 + 4097
+        return [mv[:cut1], mv[cut1:cut2], mv[cut2:]]
+
+    link = open_link(rnd=rnd, direct=direct, s_alloc=alloc if with_alloc else None)
+    want_up = [Expect.of(m) for m in up]
+    want_down = [Expect.of(m) for m in down]
+    for m in up:
+        link.c.send_message(m)
+    for m in down:
+        link.s.send_message(m)
+    link.run()
+    cev, sev = link.take()
+    assert not faults(cev + sev)
+    got_up, got_down = received(sev), received(cev)
+    assert len(got_up) == len(want_up) and len(got_down) == len(want_down)
+    for i, (w, m) in enumerate(zip(want_up, got_up)):
+        w.check(m)
+        assert m.src == CLIENT and m.seq == i + 1
+    for i, (w, m) in enumerate(zip(want_down, got_down)):
+        w.check(m)
+        assert m.src == SERVER and m.seq == i + 1
+    if with_alloc:
+        # asked once per message with data, with its header, before the data arrived
+        assert [(h.tid, h.data_len) for h in alloc_calls] == [
+            (w.tid, len(w.data)) for w in want_up if w.data
+        ]
+        assert all(m.data.segments()[0].obj is not None for m in got_up if m.data)
+        assert all(h.src == CLIENT for h in alloc_calls)
+    # everything was acknowledged: nothing is kept for replay on either side
+    assert not link.c.session.sent and not link.c.session.unsent
+    assert not link.s.session.sent and not link.s.session.unsent
+
+
+def test_single_byte_feeding_of_everything() -> None:
+    """Handshake and two messages, one byte per feed call, without the direct path."""
+    c = Connection(CLIENT, C_NONCE, client=True, session=Session())
+    s = Connection(SERVER, S_NONCE, client=False, registry=SessionRegistry())
+    data = rand_bytes(3 * PAGE_SIZE + 11, 1)
+    c.send_message(Message(type=9, front=b"front", middle=b"mid", data=fill_pages(data, 77),
+                           trail=pagelist(b"trail!")))
+    c.send_message(Message(type=10))  # every section empty
+    sev, cev = [], []
+    for _ in range(6):
+        for a, b, ev in ((c, s, sev), (s, c, cev)):
+            out = b"".join(a.data_to_send())
+            a.sent(len(out))
+            for i in range(len(out)):
+                ev += b.feed(out[i : i + 1])
+    m1, m2 = received(sev)
+    assert (m1.type, m1.front, m1.middle, m1.data_bytes()) == (9, b"front", b"mid",
+                                                               data + b"trail!")
+    assert (m2.type, m2.front, m2.middle, m2.data, m2.data_bytes()) == (10, b"", b"", None, b"")
+    assert len(of(sev, HandshakeDone)) == len(of(cev, HandshakeDone)) == 1
+    assert of(cev, HandshakeDone)[0].peer == SERVER and of(sev, HandshakeDone)[0].peer == CLIENT
+    assert of(cev, HandshakeDone)[0].peer_nonce == S_NONCE
+    assert not faults(cev + sev) and not c.session.sent
+
+
+def test_data_to_send_respects_iovec_budget() -> None:
+    link = open_link()
+    msgs = [Message(type=1, tid=i, data=BioChain([b"a", b"b", b"c"])) for i in range(600)]
+    for m in msgs:
+        link.c.send_message(m)
+    first = link.c.data_to_send(max_bufs=16)
+    assert 0 < len(first) <= 16
+    # only what fitted was framed; the rest still waits, unframed, in the session
+    assert len(link.c.session.unsent) > 550
+    head = b"".join(first[:5])
+    link.c.sent(len(head))
+    link.sev += link.s.feed(head)
+    link.run()
+    assert [m.tid for m in received(link.sev)] == list(range(600))
+
+
+# ---- corruption -----------------------------------------------------------------------------
+
+FRONT, MIDDLE = b"F" * 16, b"M" * 8
+DATA = rand_bytes(40, 3)
+
+
+def _section_of(pos: int, frame_len: int) -> tuple[str, str]:
+    """Which section a byte of the frame belongs to, and the reason a flip must give."""
+    h0 = 1
+    f0 = h0 + HEADER_LEN
+    m0 = f0 + len(FRONT)
+    d0 = m0 + len(MIDDLE)
+    ft = d0 + len(DATA) + 3  # data is 40 bytes of Pages plus a 3-byte trail
+    assert frame_len == ft + FOOTER_LEN
+    if pos == 0:
+        return "tag", "unknown tag"
+    if pos < f0:
+        return "header", "bad header crc"
+    if pos < m0:
+        return "front", "bad front crc"
+    if pos < d0:
+        return "middle", "bad middle crc"
+    if pos < ft:
+        return "data", "bad data crc"
+    k = pos - ft
+    return "footer", ["bad front crc", "bad middle crc", "bad data crc", "flags"][k // 4]
+
+
+def _corruptible() -> Message:
+    return Message(type=5, tid=55, front=FRONT, middle=MIDDLE, data=fill_pages(DATA, 4000),
+                   trail=pagelist(b"xyz"))
+
+
+def test_flipped_byte_anywhere_in_a_frame_is_detected_and_replayed_once() -> None:
+    frame_len = 1 + HEADER_LEN + len(FRONT) + len(MIDDLE) + len(DATA) + 3 + FOOTER_LEN
+    seen_sections = set()
+    for pos in range(frame_len):
+        section, reason = _section_of(pos, frame_len)
+        if reason == "flags":
+            continue  # the footer's flags byte: see the test below
+        seen_sections.add(section)
+        sess, reg = Session(), SessionRegistry()
+        link = open_link(sess, reg)
+        link.c.send_message(plain(1, b"before"))
+        link.run()
+        assert [m.tid for m in received(link.sev)] == [1]
+        link.take()
+        link.c.send_message(_corruptible())
+        link.c.send_message(plain(3, b"after"))
+        wire = bytearray(b"".join(link.c.data_to_send()))
+        link.c.sent(len(wire))
+        assert wire[0] == 8 and len(wire) > frame_len
+        wire[pos] ^= 0xFF
+        ev = deliver(link.s, bytes(wire), random.Random(pos), link.staging)
+        fs = faults(ev)
+        assert len(fs) == 1 and reason in fs[0], (section, pos, fs)
+        assert not received(ev), (section, pos)
+        assert link.s.faulted
+        assert link.s.feed(b"more bytes") == []  # a faulted connection reads nothing more
+        link.cut()  # the server drops the socket; the client sees EOF
+        # reconnect: the same client session, the server's registry kept
+        again = connect(sess, reg, rnd=random.Random(pos))
+        again.run()
+        got = received(again.sev)
+        assert [m.tid for m in got] == [55, 3], (section, pos)
+        Expect.of(_corruptible()).check(got[0])
+        assert got[1].data_bytes() == b"after"
+        assert not faults(again.cev + again.sev)
+        assert not sess.sent and not sess.unsent
+    assert seen_sections == {"tag", "header", "front", "middle", "data", "footer"}
+
+
+def test_footer_flags_byte() -> None:
+    """The flags byte is outside every crc: flipping it may switch crc checking off for that
+    message (as Ceph's v1 footer), but the bytes delivered are still the ones sent."""
+    for flip in (0x01, 0x02, 0xFF):
+        link = open_link()
+        link.c.send_message(_corruptible())
+        wire = bytearray(b"".join(link.c.data_to_send()))
+        link.c.sent(len(wire))
+        wire[-1] ^= flip
+        ev = link.s.feed(bytes(wire))
+        if faults(ev):
+            assert not received(ev)
+        else:
+            (m,) = received(ev)
+            Expect.of(_corruptible()).check(m)
+    # with NOCRC set, a corrupted data byte is no longer caught: only the sender may set it
+    link = open_link()
+    link.c.send_message(_corruptible())
+    wire = bytearray(b"".join(link.c.data_to_send()))
+    wire[-1] |= FOOTER_NOCRC
+    wire[1 + HEADER_LEN + len(FRONT) + len(MIDDLE)] ^= 1
+    (m,) = received(link.s.feed(bytes(wire)))
+    assert m.data_bytes() != _corruptible().data_bytes()
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_bad_banner_each_byte(side: str) -> None:
+    for pos in range(len(BANNER)):
+        sess, reg = Session(), SessionRegistry()
+        sess.queue(plain(1, b"queued before connecting"))
+        link = connect(sess, reg)
+        a, b = (link.c, link.s) if side == "client" else (link.s, link.c)
+        wire = bytearray(b"".join(a.data_to_send()))
+        a.sent(len(wire))
+        wire[pos] ^= 0x20
+        ev = b.feed(bytes(wire))
+        assert len(faults(ev)) == 1 and "bad banner" in faults(ev)[0]
+        assert not of(ev, HandshakeDone) and not received(ev)
+        assert not b.open
+        link.run()
+        link.cut()
+        assert not received(link.sev)
+        again = connect(sess, reg)
+        again.run()
+        assert [m.data_bytes() for m in received(again.sev)] == [b"queued before connecting"]
+
+
+def test_garbage_instead_of_a_banner() -> None:
+    s = Connection(SERVER, S_NONCE, client=False, registry=SessionRegistry())
+    ev = s.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert faults(ev) == ["bad banner b'GET / HT'"]
+
+
+@pytest.mark.parametrize(
+    "tag, reason",
+    [(99, "unknown connect reply tag 99"), (TAG_WAIT, "wait"),
+     (TAG_BADAUTH, "authentication rejected")],
+)
+def test_bad_reply_tag_faults_the_client(tag: int, reason: str) -> None:
+    sess = Session()
+    sess.queue(plain(1))
+    link = connect(sess, SessionRegistry())
+    out = b"".join(link.c.data_to_send())
+    link.c.sent(len(out))
+    link.sev += link.s.feed(out)
+    reply = bytearray(b"".join(link.s.data_to_send()))
+    assert reply[: len(BANNER)] == BANNER and len(reply) == len(BANNER) + CONNECT_REPLY.size
+    reply[len(BANNER)] = tag
+    ev = link.c.feed(bytes(reply))
+    assert len(faults(ev)) == 1 and reason in faults(ev)[0]
+    assert not link.c.open and not of(ev, HandshakeDone)
+    assert list(sess.unsent) and sess.unsent[0].tid == 1  # kept for the next attempt
+
+
+def test_unknown_frame_tag_and_bogus_ack() -> None:
+    link = open_link()
+    ev = link.s.feed(b"\x63")
+    assert faults(ev) == ["unknown tag 99"]
+    link = open_link()
+    ev = link.s.feed(struct.pack("<BQ", 9, 5))  # ACK of seq 5: the client sent nothing
+    assert len(faults(ev)) == 1 and "ack 5 for a message never sent" in faults(ev)[0]
+
+
+def test_seq_gap_is_a_protocol_error() -> None:
+    link = open_link()
+    m = plain(1)
+    m.seq = 2  # the server expects 1
+    ev = link.s.feed(b"\x08" + encode_header(m, CLIENT))
+    assert len(faults(ev)) == 1 and "seq 2 skips ahead of 1" in faults(ev)[0]
+
+
+# ---- limits before allocation ---------------------------------------------------------------
+
+
+class _Claims:
+    """Something with a length but no memory: lets encode_header describe a huge section."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _huge_header(front: int = 0, middle: int = 0, data: int = 0) -> bytes:
+    m = Message(type=1, seq=1, front=_Claims(front), middle=_Claims(middle))  # type: ignore
+    if data:
+        m.data = BioChain()
+        m.data.length = data  # a claim, not a buffer
+    return b"\x08" + encode_header(m, CLIENT)
+
+
+@pytest.mark.parametrize(
+    "field_, kw, reason",
+    [("data", {"data": 60 << 20}, "data_len 62914560 over the limit 1048576"),
+     ("front", {"front": 60 << 20}, "front_len 62914560 over the limit 65536"),
+     ("middle", {"middle": 60 << 20}, "middle_len 62914560 over the limit 65536")],
+)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_lengths_over_limits_fault_before_allocation(
+    field_: str, kw: dict, reason: str, chunked: bool
+) -> None:
+    calls: list[MsgHeader] = []
+    limits = Limits(max_front=64 << 10, max_middle=64 << 10, max_data=1 << 20)
+    link = open_link(s_alloc=lambda h: calls.append(h), limits=limits)
+    wire = _huge_header(**kw) + bytes(4096)  # and some of the promised bytes
+    tracemalloc.start()
+    try:
+        if chunked:
+            ev = []
+            for i in range(len(wire)):
+                ev += link.s.feed(wire[i : i + 1])
+        else:
+            ev = link.s.feed(wire)
+        _cur, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert faults(ev) == [reason]
+    assert not received(ev)
+    assert calls == []  # alloc_data was never asked
+    assert peak < 64 << 10, peak  # nothing near the claimed 60 MiB (nor the 1 MiB limit)
+
+
+def test_lengths_at_the_limit_are_accepted() -> None:
+    limits = Limits(max_front=100, max_middle=100, max_data=10_000)
+    link = open_link(limits=limits)
+    link.c.send_message(Message(type=1, front=b"f" * 100, middle=b"m" * 100,
+                                data=BioChain([bytes(10_000)])))
+    link.run()
+    (m,) = received(link.sev)
+    assert len(m.front) == len(m.middle) == 100 and m.data_len == 10_000
+
+
+def test_auth_length_over_limit_faults_before_allocation() -> None:
+    s = Connection(SERVER, S_NONCE, client=False, registry=SessionRegistry(),
+                   limits=Limits(max_auth=64))
+    connect_msg = CONNECT.pack(PROTOCOL_FEATURES, 1, 7, C_NONCE, 1, 0, 0, 0, 50 << 20)
+    tracemalloc.start()
+    try:
+        ev = s.feed(BANNER + connect_msg + bytes(1000))
+        _cur, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert faults(ev) == [f"auth length {50 << 20} over the limit"]
+    assert peak < 64 << 10
+
+
+# ---- truncation, EOF, cuts and replay -------------------------------------------------------
+
+
+def test_eof_at_every_byte_of_a_frame_then_replay() -> None:
+    sizes = [0, 5, DIRECT_MIN + 100]
+    for dsize in sizes:
+        msg_data = rand_bytes(dsize, dsize)
+        probe = open_link()
+        probe.c.send_message(Message(type=2, tid=2, front=b"ff", data=BioChain([msg_data])))
+        frame_len = len(b"".join(probe.c.data_to_send()))
+        step = 1 if frame_len < 200 else 37
+        for cut in [*range(0, frame_len, step), frame_len - 1]:
+            sess, reg = Session(), SessionRegistry()
+            link = open_link(sess, reg, rnd=random.Random(cut))
+            link.c.send_message(plain(1, b"one"))
+            link.run()
+            link.take()
+            link.c.send_message(Message(type=2, tid=2, front=b"ff", data=BioChain([msg_data])))
+            assert link.run(budget=cut) is True
+            cev, sev = link.take()
+            assert not received(sev)
+            fs = faults(sev)
+            assert len(fs) == 1
+            assert fs[0] == ("peer closed the connection between frames" if cut == 0
+                             else "peer closed the connection mid-message"), (cut, fs)
+            assert len(faults(cev)) == 1 and link.c.eof() == []  # one fault per connection
+            again = connect(sess, reg, rnd=random.Random(cut))
+            again.run()
+            got = received(again.sev)
+            assert [(m.tid, m.front, m.data_bytes()) for m in got] == [(2, b"ff", msg_data)]
+            assert not faults(again.cev + again.sev)
+
+
+def test_eof_during_handshake_and_between_frames() -> None:
+    sess, reg = Session(), SessionRegistry()
+    link = connect(sess, reg)
+    assert link.c.eof() and faults(link.c.eof()) == []  # the first eof faults, once
+    link = open_link(sess, reg)
+    assert faults(link.s.eof()) == ["peer closed the connection between frames"]
+
+
+def test_lossless_replay_across_random_cuts_both_directions() -> None:
+    rnd = random.Random(2024)
+    sess, reg = Session(), SessionRegistry()
+    n_up = n_down = 0
+    sent_up: list[tuple[int, bytes]] = []
+    sent_down: list[tuple[int, bytes]] = []
+    got_up: list[tuple[int, bytes]] = []
+    got_down: list[tuple[int, bytes]] = []
+    releases = quiet = 0
+
+    def new_msg(tag: int, sink: list) -> Message:
+        size = rnd.choice([0, 3, 500, PAGE_SIZE, 9000, 30_000])
+        data = rand_bytes(size, tag)
+        sink.append((tag, data))
+        if rnd.random() < 0.3:
+            return Message(type=3, tid=tag, front=b"%d" % tag, data=fill_pages(data, 17))
+        return Message(type=3, tid=tag, front=b"%d" % tag, data=BioChain([data]))
+
+    cuts = 0
+    for round_ in range(120):
+        link = connect(sess, reg, rnd=rnd, gseq=None if rnd.random() < 0.8 else 1)
+        for _ in range(rnd.randint(0, 4)):
+            n_up += 1
+            link.c.send_message(new_msg(n_up, sent_up))
+        server_session = reg.get(CLIENT)
+        if server_session is not None:
+            for _ in range(rnd.randint(0, 4)):
+                n_down += 1
+                server_session.queue(new_msg(100_000 + n_down, sent_down))
+        # what each side had received before this round: its handshake tells the other
+        srv_in_before = server_session.in_seq if server_session is not None else 0
+        cli_in_before = sess.in_seq
+        budget = rnd.choice([rnd.randint(0, 200), rnd.randint(0, 20_000),
+                             rnd.randint(0, 150_000), None])
+        # sometimes the server never notices the old socket died: the new connection
+        # replaces it
+        cut = link.run(budget=budget, eof_both=rnd.random() < 0.7)
+        cuts += cut
+        cev, sev = link.take()
+        assert not of(cev + sev, SessionReset) and not of(cev + sev, PeerReset), round_
+        for r in faults(cev + sev):
+            assert r.startswith("peer closed the connection"), r
+        got_up += [(m.tid, m.data_bytes()) for m in received(sev)]
+        got_down += [(m.tid, m.data_bytes()) for m in received(cev)]
+        # what each side keeps for replay is a contiguous run of seqs ending at the last one
+        # queued; it holds nothing the peer lacks, and nothing the peer reported having in
+        # this round's handshake (memory is released as the peer confirms)
+        for own, peer_in, opened, before in (
+            (sess, reg.get(CLIENT), of(cev, HandshakeDone), srv_in_before),
+            (reg.get(CLIENT), sess, of(sev, HandshakeDone), cli_in_before),
+        ):
+            if own is None:
+                continue
+            kept = [m.seq for m in (*own.sent, *own.unsent)]
+            assert kept == list(range(own.out_seq - len(kept) + 1, own.out_seq + 1))
+            if kept and peer_in is not None:
+                assert kept[0] <= peer_in.in_seq + 1
+            if kept and opened:
+                assert kept[0] > before
+                releases += kept[0] > 1
+        if not cut:  # a quiet round ends fully acknowledged, both ways
+            assert not sess.sent and not sess.unsent
+            assert not reg.get(CLIENT).sent and not reg.get(CLIENT).unsent
+            quiet += 1
+    final = connect(sess, reg, rnd=rnd)
+    final.run()
+    got_up += [(m.tid, m.data_bytes()) for m in received(final.sev)]
+    got_down += [(m.tid, m.data_bytes()) for m in received(final.cev)]
+    assert cuts > 40
+    assert got_up == sent_up and len(sent_up) > 150
+    assert got_down == sent_down and len(sent_down) > 100
+    assert not sess.sent and not sess.unsent
+    assert not reg.get(CLIENT).sent and not reg.get(CLIENT).unsent
+    assert quiet > 20 and releases > 40
+
+
+def test_acks_shrink_sent_as_they_arrive() -> None:
+    link = open_link()
+    sess = link.c.session
+    for i in range(10):
+        link.c.send_message(plain(i, b"x" * 100))
+    wire = b"".join(link.c.data_to_send())
+    link.c.sent(len(wire))
+    assert len(sess.sent) == 10 and not sess.unsent
+    # deliver half the messages: the server's ack covers exactly those
+    frame = len(wire) // 10
+    link.s.feed(wire[: 5 * frame])
+    ack = b"".join(link.s.data_to_send())
+    assert ack == struct.pack("<BQ", 9, 5)
+    link.s.sent(len(ack))
+    link.c.feed(ack)
+    assert [m.tid for m in sess.sent] == [5, 6, 7, 8, 9]
+    link.s.feed(wire[5 * frame :])
+    link.run()
+    assert not sess.sent
+
+
+def test_duplicate_frame_is_dropped_without_touching_the_callers_buffer() -> None:
+    dests: list[bytearray] = []
+
+    def alloc(h: MsgHeader) -> list[memoryview]:
+        dests.append(bytearray(h.data_len))
+        return [memoryview(dests[-1])]
+
+    link = open_link(s_alloc=alloc)
+    data = rand_bytes(20_000, 9)
+    link.c.send_message(Message(type=1, tid=1, data=BioChain([data])))
+    wire = b"".join(link.c.data_to_send())
+    link.c.sent(len(wire))
+    (m,) = received(link.s.feed(wire))
+    assert bytes(dests[0]) == data
+    dests[0][:] = bytes(len(data))  # the reader reuses its buffer
+    # the same frame again (as a replay of something already received would be)
+    ev = deliver(link.s, wire, random.Random(1), link.staging)
+    assert ev == [] and len(dests) == 1 and bytes(dests[0]) == bytes(len(data))
+    assert link.s.session.in_seq == 1 and not link.s.faulted
+
+
+# ---- restarts -------------------------------------------------------------------------------
+
+
+def test_server_restart_reports_session_reset_with_unacked_messages() -> None:
+    sess = Session()
+    link = open_link(sess, SessionRegistry())
+    link.c.send_message(plain(1, b"acked"))
+    link.run()
+    assert not sess.sent
+    # two more: the first reaches the server but its ack never comes back, the second is cut
+    link.c.send_message(plain(2, b"delivered, unacked"))
+    link.c.send_message(plain(3, b"cut"))
+    wire = b"".join(link.c.data_to_send())
+    link.c.sent(len(wire))
+    assert [m.tid for m in received(link.s.feed(wire[: len(wire) - 10]))] == [2]
+    link.cut()
+    link.c.send_message(plain(4, b"queued while down"))
+    # the server restarted: a fresh registry knows nothing of our session
+    new_reg = SessionRegistry()
+    again = connect(sess, new_reg)
+    again.run()
+    (reset,) = of(again.cev, SessionReset)
+    assert reset.peer == SERVER
+    assert [m.tid for m in reset.dropped] == [2, 3, 4]
+    assert not of(again.sev, PeerReset)
+    assert again.c.open and again.s.open
+    assert received(again.sev) == []  # nothing dropped is sent to the new server
+    assert sess.connect_seq == 1 and sess.out_seq == 0
+    # the fresh session works, numbering from 1
+    again.c.send_message(plain(5, b"after"))
+    again.run()
+    (m,) = received(again.sev)
+    assert (m.tid, m.seq) == (5, 1)
+
+
+def test_client_restart_reports_peer_reset_on_server() -> None:
+    reg = SessionRegistry()
+    link = open_link(Session(), reg)
+    link.c.send_message(plain(1))
+    link.run()
+    old = reg.get(CLIENT)
+    old.queue(plain(99, b"reply the old client never got"))
+    link.cut()
+    # the client restarted: new Session, new nonce, same entity name
+    fresh = connect(Session(), reg, c_nonce=0x9999)
+    fresh.run()
+    assert len(of(fresh.sev, PeerReset)) == 1 and of(fresh.sev, PeerReset)[0].peer == CLIENT
+    assert reg.get(CLIENT) is not old and reg.get(CLIENT).peer_nonce == 0x9999
+    assert received(fresh.cev) == []  # the old session's reply is not given to the new client
+    assert not of(fresh.cev, SessionReset)
+    fresh.c.send_message(plain(2))
+    fresh.run()
+    assert [(m.tid, m.seq) for m in received(fresh.sev)] == [(2, 1)]
+
+
+def test_ready_lost_in_the_first_handshake_is_not_a_peer_reset() -> None:
+    """The server accepted and answered READY, but the connection died before the client
+    read it: the client retries with connect_seq 0. It did not restart, so the server must
+    not report a PeerReset (upper layers drop the peer's state on that)."""
+    sess, reg = Session(), SessionRegistry()
+    sess.queue(plain(1, b"first"))
+    link = connect(sess, reg)
+    out = b"".join(link.c.data_to_send())
+    link.c.sent(len(out))
+    sev = link.s.feed(out)
+    assert of(sev, HandshakeDone) and reg.get(CLIENT) is not None
+    link.cut()  # the READY never reaches the client
+    assert sess.connect_seq == 0
+    again = connect(sess, reg)
+    again.run()
+    assert not of(again.sev, PeerReset) and not of(again.cev, SessionReset)
+    assert [m.data_bytes() for m in received(again.sev)] == [b"first"]
+
+
+def test_reconnect_with_a_stale_global_seq_retries() -> None:
+    sess, reg = Session(), SessionRegistry()
+    link = open_link(sess, reg, gseq=5)
+    link.c.send_message(plain(1))
+    link.run()
+    link.cut()
+    sess.queue(plain(2))
+    again = connect(sess, reg, gseq=3)  # lower than the server has seen from this client
+    again.run()
+    assert again.c.open and again.c.global_seq == 6
+    assert [m.tid for m in received(again.sev)] == [2]
+    assert not of(again.cev + again.sev, SessionReset) and not of(again.sev, PeerReset)
+
+
+def test_new_connection_replaces_a_half_open_one() -> None:
+    sess, reg = Session(), SessionRegistry()
+    link = open_link(sess, reg)
+    link.c.send_message(plain(1))
+    link.run()
+    link.c.eof()  # only the client noticed the socket died
+    again = connect(sess, reg)
+    again.run()
+    assert link.s.faulted == "replaced by a new connection from the same peer"
+    assert reg.get(CLIENT).owner is again.s
+    again.c.send_message(plain(2))
+    again.run()
+    assert [m.tid for m in received(again.sev)] == [2]
+
+
+# ---- keepalive and close --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("from_client", [True, False])
+def test_keepalive_and_ack_carry_the_stamp(from_client: bool) -> None:
+    link = open_link()
+    a, a_ev_name = (link.c, "cev") if from_client else (link.s, "sev")
+    b_ev_name = "sev" if from_client else "cev"
+    stamp = 0x0123_4567_89AB_CDEF
+    a.send_keepalive(stamp)
+    link.run()
+    b_ev, a_ev = getattr(link, b_ev_name), getattr(link, a_ev_name)
+    assert [e.stamp for e in of(b_ev, KeepaliveReceived)] == [stamp]
+    assert [e.stamp for e in of(a_ev, KeepaliveAck)] == [stamp]
+    assert not of(a_ev, KeepaliveReceived) and not of(b_ev, KeepaliveAck)
+
+
+def test_keepalive_before_open_sends_nothing() -> None:
+    link = connect(Session(), SessionRegistry())
+    before = b"".join(link.c.data_to_send())
+    link.c.send_keepalive(1)
+    assert b"".join(link.c.data_to_send()) == before
+
+
+def test_keepalives_interleave_with_a_message() -> None:
+    link = open_link(rnd=random.Random(3))
+    link.c.send_message(plain(1, rand_bytes(30_000, 1)))
+    link.c.data_to_send()  # the message is framed first
+    link.c.send_keepalive(7)
+    link.run()
+    assert [m.tid for m in received(link.sev)] == [1]
+    assert [e.stamp for e in of(link.sev, KeepaliveReceived)] == [7]
+    assert [e.stamp for e in of(link.cev, KeepaliveAck)] == [7]
+
+
+def test_client_close() -> None:
+    sess, reg = Session(), SessionRegistry()
+    link = open_link(sess, reg)
+    link.c.send_message(plain(1))
+    link.run()
+    link.c.close()
+    assert not link.c.open
+    link.run()
+    assert len(of(link.sev, Closed)) == 1
+    assert reg.get(CLIENT) is None  # the session is gone: nothing will be replayed
+    assert link.s.eof() == []  # EOF after CLOSE is not a fault
+    assert faults(link.s.feed(b"\x08")) == ["bytes after close"]
+
+
+def test_server_close() -> None:
+    link = open_link()
+    link.s.close()
+    link.run()
+    assert len(of(link.cev, Closed)) == 1
+    assert link.c.eof() == [] and not link.c.open
+
+
+# ---- lossy sessions -------------------------------------------------------------------------
+
+
+def test_lossy_fault_reports_dropped_and_replays_nothing() -> None:
+    sess, reg = Session(lossy=True), SessionRegistry()
+    link = open_link(sess, reg)
+    assert reg.get(CLIENT).lossy
+    link.c.send_message(plain(1, b"delivered"))
+    link.c.send_message(plain(2, b"cut in the middle"))
+    wire = b"".join(link.c.data_to_send())
+    link.c.sent(len(wire))
+    assert not sess.sent  # a lossy session keeps nothing for replay
+    link.c.send_message(plain(3, b"never framed"))
+    sev = link.s.feed(wire[: len(wire) - 5])
+    assert [m.tid for m in received(sev)] == [1]
+    cev = link.c.eof()
+    sev += link.s.eof()
+    (reset,) = of(cev, SessionReset)
+    assert [m.tid for m in reset.dropped] == [3]
+    assert faults(cev) == ["peer closed the connection between frames"]
+    assert len(of(sev, SessionReset)) == 1  # the server's lossy session ends too
+    assert not sess.unsent and sess.out_seq == 0
+    # the next connection starts over: nothing from before arrives
+    again = connect(sess, reg)
+    again.c.send_message(plain(4, b"new"))
+    again.run()
+    assert [(m.tid, m.seq) for m in received(again.sev)] == [(4, 1)]
+    assert not sess.sent
+
+
+# ---- data lands in the caller's buffer ------------------------------------------------------
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_alloc_data_lands_in_the_callers_buffer(direct: bool) -> None:
+    reader = bytearray(200_000)
+    headers: list[MsgHeader] = []
+
+    def alloc(h: MsgHeader) -> list[memoryview]:
+        headers.append(h)
+        mv = memoryview(reader)
+        # two scattered extents of the reader's buffer, like a striped read
+        return [mv[1000:41_000], mv[100_000 : 100_000 + h.data_len]]
+
+    link = open_link(c_alloc=alloc, direct=direct, rnd=random.Random(4))
+    data = rand_bytes(90_000, 4)
+    link.s.send_message(Message(type=4, tid=77, front=b"reply", data=BioChain([data])))
+    link.run()
+    (m,) = received(link.cev)
+    assert [(h.tid, h.data_len, h.src) for h in headers] == [(77, 90_000, SERVER)]
+    assert m.data_bytes() == data
+    assert bytes(reader[1000:41_000]) == data[:40_000]
+    assert bytes(reader[100_000:150_000]) == data[40_000:]
+    assert reader[:1000] == bytes(1000) and reader[150_000:] == bytes(50_000)
+    arr = np.frombuffer(reader, dtype=np.uint8)
+    segs = m.data.segments()
+    assert [len(s) for s in segs] == [40_000, 50_000]
+    assert all(np.shares_memory(np.frombuffer(s, dtype=np.uint8), arr) for s in segs)
+    assert all(s.obj is reader for s in segs)
+
+
+def test_direct_receive_copies_nothing() -> None:
+    reader = bytearray(1 << 20)
+    link = open_link(c_alloc=lambda h: [memoryview(reader)])
+    data = rand_bytes(500_000, 5)
+    link.s.send_message(Message(type=4, data=BioChain([data])))
+    wire = memoryview(b"".join(link.s.data_to_send()))
+    head = 1 + HEADER_LEN
+    ev = link.c.feed(wire[:head])  # exactly the header: the data goes to recv_target
+    pos = head
+    while (t := link.c.recv_target()) is not None:
+        n = min(len(t), 65536)
+        t[:n] = wire[pos : pos + n]
+        ev += link.c.received_direct(n)
+        pos += n
+    ev += link.c.feed(wire[pos:])
+    (m,) = received(ev)
+    assert m.data_bytes() == data and bytes(reader[:500_000]) == data
+    # only the tail below DIRECT_MIN went through the staging copy
+    assert link.c.copied_bytes < DIRECT_MIN
+
+
+def test_alloc_data_too_small_falls_back_to_fresh_memory() -> None:
+    small = bytearray(10)
+    link = open_link(s_alloc=lambda h: [memoryview(small)])
+    data = rand_bytes(5000, 6)
+    link.c.send_message(Message(type=1, data=BioChain([data])))
+    link.run()
+    (m,) = received(link.sev)
+    assert m.data_bytes() == data and small == bytes(10)
+
+
+@pytest.mark.parametrize("items", [3000, 20_000])
+def test_alloc_data_with_a_multibyte_format_buffer(items: int) -> None:
+    """alloc_data may hand back views of typed arrays (e.g. numpy words): lengths are
+    bytes, not items; the data lands in the array and the stream stays in step."""
+    words = np.zeros(items, dtype=np.uint64)  # 8 bytes an item: room for 16 KiB either way
+    link = open_link(s_alloc=lambda h: [memoryview(words)] if h.tid == 1 else None)
+    data = rand_bytes(16_384, 7)
+    link.c.send_message(Message(type=1, tid=1, data=BioChain([data])))
+    link.c.send_message(plain(2, b"next"))
+    link.run()
+    assert not faults(link.sev)
+    m, m2 = received(link.sev)
+    assert m.data_bytes() == data and m.data_len == len(data)
+    assert words.tobytes()[: len(data)] == data and not words[2048:].any()
+    assert (m2.tid, m2.data_bytes()) == (2, b"next")
