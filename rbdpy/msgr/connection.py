@@ -324,8 +324,8 @@ class Connection:
             while unsent and len(out) < max_bufs and self._out_bytes < max_bytes:
                 msg = unsent.popleft()
                 self._frame(msg)
-                if not s.lossy:
-                    s.sent.append(msg)
+                # lossy too: an unacked message must be reported in SessionReset.dropped
+                s.sent.append(msg)
         if len(self._out) <= max_bufs:
             return list(self._out)
         return list(islice(self._out, max_bufs))

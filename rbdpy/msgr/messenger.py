@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import socket as _stdsocket
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -128,6 +129,11 @@ class Messenger:
         self.listeners: list[trio.SocketListener] = []
         self.copied_bytes = 0
         self._global_seq = 0
+        # dispatch outlives the connection that read the message (see _dispatch_events)
+        self._dispatch_scopes: set[trio.CancelScope] = set()
+        self._dispatch_locks: weakref.WeakKeyDictionary[Session, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: trio.Nursery | None = None
 
@@ -152,6 +158,8 @@ class Messenger:
         """Stop every listener and connection of this messenger."""
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+        for scope in list(self._dispatch_scopes):
+            scope.cancel()
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -288,7 +296,7 @@ class Messenger:
                 events = conn.feed(staging[:n]) if n else conn.eof()
             state.last_rx = trio.current_time()
             if events:
-                await self._handle(state, conn, events)
+                await self._dispatch_events(state, conn, events)
             if conn.has_output():
                 if state.peer is not None:
                     state.peer.kick()
@@ -296,6 +304,26 @@ class Messenger:
                     state.wake.set()
             if conn.faulted or not n or state.finished:
                 return
+
+    async def _dispatch_events(self, state: _Driven, conn: Connection, events: list[Event]
+                               ) -> None:
+        """Handle what one read produced. Its messages are already counted as received (and
+        may be acked), so a fault of this connection must not cut their dispatch short: only
+        ``shutdown`` does. A per-session lock keeps dispatch in order while a replaced
+        connection finishes dispatching and its successor starts."""
+        with trio.CancelScope(shield=True) as scope:
+            self._dispatch_scopes.add(scope)
+            try:
+                if self.nursery.cancel_scope.cancel_called:
+                    scope.cancel()
+                if conn.session is None:
+                    await self._handle(state, conn, events)
+                    return
+                lock = self._dispatch_locks.setdefault(conn.session, trio.Lock())
+                async with lock:
+                    await self._handle(state, conn, events)
+            finally:
+                self._dispatch_scopes.discard(scope)
 
     async def _writer(self, state: _Driven, conn: Connection, sock: trio.socket.SocketType
                       ) -> None:

@@ -933,29 +933,37 @@ def test_server_close() -> None:
 
 
 def test_lossy_fault_reports_dropped_and_replays_nothing() -> None:
+    """A lossy session never replays: on a fault it reports every message sent or queued
+    but never acknowledged (SessionReset.dropped) and starts over."""
     sess, reg = Session(lossy=True), SessionRegistry()
     link = open_link(sess, reg)
     assert reg.get(CLIENT).lossy
-    link.c.send_message(plain(1, b"delivered"))
+    link.c.send_message(plain(1, b"delivered and acked"))
+    link.run()
+    assert [m.tid for m in received(link.sev)] == [1]
+    assert not sess.sent and not sess.unsent  # acked: nothing kept
+    link.take()
     link.c.send_message(plain(2, b"cut in the middle"))
     wire = b"".join(link.c.data_to_send())
     link.c.sent(len(wire))
-    assert not sess.sent  # a lossy session keeps nothing for replay
     link.c.send_message(plain(3, b"never framed"))
     sev = link.s.feed(wire[: len(wire) - 5])
-    assert [m.tid for m in received(sev)] == [1]
+    assert not received(sev)
     cev = link.c.eof()
     sev += link.s.eof()
     (reset,) = of(cev, SessionReset)
-    assert [m.tid for m in reset.dropped] == [3]
+    assert reset.peer == SERVER
+    assert [m.tid for m in reset.dropped] == [2, 3]
     assert faults(cev) == ["peer closed the connection between frames"]
-    assert len(of(sev, SessionReset)) == 1  # the server's lossy session ends too
-    assert not sess.unsent and sess.out_seq == 0
+    (sreset,) = of(sev, SessionReset)  # the server's lossy session ends too
+    assert sreset.dropped == []
+    assert not sess.sent and not sess.unsent and sess.out_seq == 0
     # the next connection starts over: nothing from before arrives
     again = connect(sess, reg)
     again.c.send_message(plain(4, b"new"))
     again.run()
     assert [(m.tid, m.seq) for m in received(again.sev)] == [(4, 1)]
+    assert not of(again.cev, SessionReset)
     assert not sess.sent
 
 
