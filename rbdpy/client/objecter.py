@@ -56,7 +56,6 @@ class Request:
     committed: trio.Event = field(default_factory=trio.Event)
     reply: object | None = None
     error: int = 0
-    sent_epoch: int = 0
 
 
 class Objecter:
@@ -122,7 +121,6 @@ class Objecter:
             req.target = None
             return
         req.target = acting[0]
-        req.sent_epoch = self.osdmap.epoch
         flags = osdops.FLAG_WRITE | osdops.FLAG_ACK | osdops.FLAG_COMMIT if req.write \
             else osdops.FLAG_READ | osdops.FLAG_ACK
         msg = osdops.encode_request(
@@ -188,8 +186,6 @@ class Objecter:
             reply, err = None, errno.EBADMSG
         else:
             err = -reply.result if reply.result < 0 else 0
-            if getattr(reply, "attempt", req.attempt) != req.attempt and not err:
-                pass  # replies to an older attempt still describe the same tid: accept
         if err:
             self._finish(req, err, reply)
             return

@@ -229,7 +229,7 @@ class OSD:
         ctx = ObjectContext(self.store, key, txn)
         try:
             outputs = self._run_ops(req, key, txn, ctx)
-            if writes and (txn_has_ops(txn) or ctx.mutated):
+            if writes and (len(txn) or ctx.mutated):
                 self._record_reqid(key, reqid, txn, ctx)
                 res = self.store.apply(key, txn)
                 version, seq = res.version, res.seq
@@ -309,7 +309,7 @@ class OSD:
             else:  # pragma: no cover - every registered op is handled above
                 raise osdops.OpError(errno.EOPNOTSUPP, f"op {t.__name__}")
             out.append((op, 0, None))
-        if not req.is_write and not ctx.mutated and txn_has_ops(txn):
+        if not req.is_write and not ctx.mutated and len(txn):
             # guards in a read-only vector: check them without writing anything
             self.store.apply(key, txn)  # a txn of guards only evaluates, writes nothing
         return out
@@ -362,8 +362,7 @@ class OSD:
                       ctx: ObjectContext) -> None:
         if ctx._exists is False:
             return  # the vector deletes the object: nothing to attach the id to
-        if not self.store.exists(oid) and not any(
-                op[0] in _CREATING for op in txn.ops):
+        if not self.store.exists(oid) and not txn.creates():
             return  # zero/rmxattr of a missing object must not create it just for the id
         txn.setxattr(REQID_ATTR, _encode_reqids(self._table(oid), reqid))
 
@@ -448,11 +447,6 @@ def _decode_reqids(raw: bytes, recent: OrderedDict) -> None:
         raise ValueError("trailing bytes in the request id table")
 
 
-_CREATING = {1, 2, 4, 6, 20, 21}  # store codes: create, write, truncate, setxattr, excl, full
-
-
-def txn_has_ops(txn: Transaction) -> bool:
-    return bool(txn.ops)
 
 
 def _bind(fn, *args):  # noqa: ANN001, ANN202

@@ -158,6 +158,7 @@ _WRITEFULL = 21
 _CMPXATTR = 30
 _ASSERT_VERSION = 31
 _ASSERT_EXISTS = 32
+_CREATING_OPS = frozenset({_CREATE, _CREATE_EXCL, _WRITE, _WRITEFULL, _TRUNCATE, _SETXATTR})
 
 _GUARDS = frozenset({_CMPXATTR, _ASSERT_VERSION, _ASSERT_EXISTS})
 
@@ -201,6 +202,10 @@ class Transaction:
 
     def __len__(self) -> int:
         return len(self.ops)
+
+    def creates(self) -> bool:
+        """Whether applying this transaction can bring a missing object into existence."""
+        return any(op[0] in _CREATING_OPS for op in self.ops)
 
     def create(self, exclusive: bool = False) -> Transaction:
         """Create the object (EEXIST if ``exclusive`` and it exists)."""
