@@ -191,6 +191,73 @@ def cmd_du(args: argparse.Namespace) -> int:
     return 0
 
 
+@_image_errors
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``rbd bench``: I/O straight through the client library (no NBD), then the figures.
+
+    Progress goes to stderr (a bar rewritten in place on a terminal, one line per interval
+    otherwise); the summary, or the JSON object, is the only thing on stdout.
+    """
+    import json
+
+    from rbdpy.rbd import bench
+
+    def size(opt: str, value: str) -> int:
+        try:
+            return parse_size(value)
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"{opt}: {e}") from None
+
+    def integer(opt: str, value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"{opt}: expected a whole number, got {value!r}") from None
+
+    if args.io_type is None:
+        raise UserError("--io-type is required (read, write or readwrite)")
+    if args.format not in ("plain", "json"):
+        raise UserError(f"bad --format {args.format!r} (plain or json)")
+    try:
+        spec = bench.BenchSpec(
+            io_type=bench.parse_io_type(args.io_type), io_size=size("--io-size", args.io_size),
+            io_threads=integer("--io-threads", args.io_threads),
+            io_total=size("--io-total", args.io_total),
+            io_pattern=bench.parse_io_pattern(args.io_pattern),
+            rw_mix_read=integer("--rw-mix-read", args.rw_mix_read))
+        spec.check(bench.MAX_IO_SIZE)  # all but the image's own size, before connecting
+    except bench.BenchError as e:
+        raise UserError(str(e)) from None
+
+    show = not args.no_progress
+    tty = show and sys.stderr.isatty()
+
+    def report(p: bench.Progress) -> None:
+        if tty:
+            print("\r" + bench.progress_bar(p), end="", file=sys.stderr, flush=True)
+        else:
+            print(bench.progress_line(p), file=sys.stderr, flush=True)
+
+    with _rados(args) as r:
+        img = r.open_image(args.name, read_only=spec.io_type == "read")
+        try:
+            spec.check(img.size)
+        except bench.BenchError as e:
+            raise UserError(str(e)) from None
+        if show:
+            print(spec.describe(), file=sys.stderr)
+            if not tty:
+                print(bench.PROGRESS_HEADER, file=sys.stderr)
+        result = r.run(bench.run_bench, img.image, spec, report if show else None)
+    if tty:
+        print("\r\x1b[K", end="", file=sys.stderr, flush=True)  # erase the bar
+    if args.format == "json":
+        print(json.dumps({"image": args.name, **result.to_json()}))
+    else:
+        print(bench.summary(result))
+    return 0
+
+
 def plugin_path() -> str:
     from pathlib import Path
 
@@ -350,6 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = image_cmd("du", cmd_du, "provisioned and used space")
     sp.add_argument("name", nargs="?")
     sp.add_argument("--bytes", action="store_true", help="exact byte counts")
+    # values are checked by cmd_bench, not argparse, so every bad one is a one-line error
+    sp = image_cmd("bench", cmd_bench, "benchmark an image through the client library "
+                   "(like rbd bench)")
+    sp.add_argument("name")
+    sp.add_argument("--io-type", help="read, write or readwrite (required)")
+    sp.add_argument("--io-size", default="4K", help="bytes per op (default 4K)")
+    sp.add_argument("--io-threads", default="16", help="ops in flight (default 16)")
+    sp.add_argument("--io-total", default="1G", help="bytes to move in all (default 1G)")
+    sp.add_argument("--io-pattern", default="seq", help="seq or rand (default seq)")
+    sp.add_argument("--rw-mix-read", default="50",
+                    help="percent of reads, for readwrite (default 50)")
+    sp.add_argument("--format", default="plain", help="plain or json")
+    sp.add_argument("--no-progress", action="store_true", help="no progress on stderr")
 
     sv = sub.add_parser("serve", help="serve an image over NBD with nbdkit")
     sv.add_argument("name")

@@ -24,5 +24,5 @@ if [ ! -x "$venv/bin/python" ]; then
     /usr/bin/python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip </dev/null
-"$venv/bin/python" -m pip install -q -e "$here[test]" </dev/null
+"$venv/bin/python" -m pip install -q -e "$here[test,bench]" </dev/null
 echo "rbdpy installed in $venv"
