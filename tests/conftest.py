@@ -13,8 +13,9 @@ import pytest
 
 
 class OSDProc:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, osd_id: int = 0) -> None:
         self.data = data
+        self.osd_id = osd_id
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -22,8 +23,8 @@ class OSDProc:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rbdpy.cli", "--log-level", "info", "osd", "--id", "0",
-             "--data", str(self.data), "--listen", f"127.0.0.1:{self.port}"],
+            [sys.executable, "-m", "rbdpy.cli", "--log-level", "info", "osd", "--id",
+             str(self.osd_id), "--data", str(self.data), "--listen", f"127.0.0.1:{self.port}"],
             stderr=open(self.data.parent / "osd.log", "ab"))  # noqa: SIM115
         deadline = time.monotonic() + 20
         while True:
@@ -55,8 +56,8 @@ def osd_process(tmp_path: Path):  # noqa: ANN201
     """A factory of OSD processes (data under tmp_path); all are stopped at teardown."""
     made: list[OSDProc] = []
 
-    def make(name: str = "osd0") -> OSDProc:
-        o = OSDProc(tmp_path / name)
+    def make(name: str = "osd0", osd_id: int = 0) -> OSDProc:
+        o = OSDProc(tmp_path / name, osd_id)
         made.append(o)
         return o
 

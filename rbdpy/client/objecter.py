@@ -185,6 +185,10 @@ class Objecter:
             log.warning("undecodable reply tid %d from %s: %s", msg.tid, peer.name, e)
             reply, err = None, errno.EBADMSG
         else:
+            if reply.attempt != req.attempt:
+                # an answer to an earlier send (e.g. the old primary's commit after the map
+                # moved the object): it says nothing about the copy we now wait for
+                return
             err = -reply.result if reply.result < 0 else 0
         if err:
             self._finish(req, err, reply)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import trio
 
 from rbdpy import config
+from rbdpy.client.bridge import ThreadBridge
 from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.msgr.messenger import Messenger
 from rbdpy.rbd import image as rbdimage
@@ -42,6 +43,7 @@ class Rados:
         self._ready = threading.Event()
         self._stop: trio.Event | None = None
         self._error: BaseException | None = None
+        self._bridge = ThreadBridge()
         self._thread = threading.Thread(target=self._main, name="rbdpy-trio", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -60,13 +62,16 @@ class Rados:
             self.objecter.attach(msgr)
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
-            self._ready.set()
-            await self._stop.wait()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._bridge.serve)
+                self._ready.set()
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
             msgr.shutdown()
 
     def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await fn(*args)`` on the cluster thread; block until it is done."""
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
+        return self._bridge.call(fn, *args)
 
     def close(self) -> None:
         if self._stop is not None and self._thread.is_alive():

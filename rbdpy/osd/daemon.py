@@ -138,6 +138,9 @@ class OSD:
         self._recent: dict[str, OrderedDict[tuple, _ClientIds]] = {}
         self.msgr: Messenger | None = None
         self.stats = {"ops": 0, "errors": 0, "dups": 0, "commits": 0}
+        # fault injection for tests (like Ceph's *_inject_* options): hold every group commit
+        # back this long, so "applied but not yet durable" lasts long enough to act on
+        self.commit_delay = float(os.environ.get("RBDPY_OSD_COMMIT_DELAY", "0") or 0)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -163,6 +166,8 @@ class OSD:
             self._commit_wanted = trio.Event()
             if not self._pending:
                 continue
+            if self.commit_delay:
+                await trio.sleep(self.commit_delay)
             try:
                 durable = await trio.to_thread.run_sync(self.store.commit)
             except StoreError as e:

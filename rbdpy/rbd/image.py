@@ -168,6 +168,7 @@ class Image:
         self.objmap = objmap  # bool per object: exists?
         self.read_only = read_only
         self._map_pending: dict[int, trio.Event] = {}
+        self.copied_bytes = 0  # write data copied (see ``write``)
 
     @classmethod
     async def open(cls, objecter: Objecter, pool: int, name: str, *, read_only: bool = False
@@ -244,8 +245,19 @@ class Image:
         _land(got, dests)
 
     async def write(self, offset: int, buf: memoryview, *, fua: bool = False) -> None:
+        """Write ``buf`` at ``offset``; returns once applied (readable), durable after
+        ``flush``, or at once if ``fua``.
+
+        The one copy on the write path is here: a non-FUA write returns at the OSDs' ack,
+        before it is durable, and until its commit the objecter may have to send it again
+        (OSD restart, primary moved), while the caller may reuse its buffer as soon as we
+        return (nbdkit frees it). So it is copied once; FUA writes wait for the commit and
+        send the caller's memory as is."""
         length = len(buf)
         self._check(offset, length, write=True)
+        if not fua:
+            buf = memoryview(bytes(buf))
+            self.copied_bytes += length
         exts = map_extents(self.layout, offset, length)
         if len(exts) == 1:
             await self._write_extent(exts[0], buf, fua)
