@@ -1,4 +1,4 @@
-"""fio (nbd engine) against rbdpy and against ceilings measured in the same run.
+"""fio (nbd engine) and qemu-img convert against rbdpy and against ceilings in the same run.
 
 Targets:
   memory   nbdkit's C ``memory`` plugin: the ceiling of the NBD path itself
@@ -6,15 +6,30 @@ Targets:
   rbdpy    rbdpy with 1 OSD, replica 1 (writes flushed every 256 ops and at the end)
 
 Jobs: 4k randwrite qd32, 4k randread qd32, 1M write qd8, 1M read qd8, 4k randwrite qd1 over a
-region written first (so reads are real). Prints a Markdown table with ratios, and the last
-line is one JSON object.
+region written first (so reads are real), on a 2 GiB export.
 
-    python bench/fio_suite.py [--runtime 10] [--region 1G]
+Convert: a raw file of ``--convert-size`` (1 GiB; first half random, second half zeros, made
+once per run) is copied INTO a fresh export of exactly that size with
+``qemu-img convert -n -f raw -O raw SRC nbd+unix:///?socket=…`` (qemu-img flushes the export
+at the end, so the time covers durable data), then OUT of it into a new raw file (``-t unsafe``:
+the local file is not fsynced, so the figure is the export's, not the local disk's). The copy
+out must equal the source byte for byte, or the run fails. Target: rbdpy's convert-in takes at
+most 2x memory's.
+
+Prints a Markdown table of IOPS with ratios, one of convert times, and the last line is one
+JSON object; ``--out DIR`` (default bench/results/) also gets that object as fio_suite.json
+and a bar chart as fio_suite.png (needs matplotlib: ``pip install -e '.[bench]'``).
+
+    python bench/fio_suite.py [--runtime 10] [--region 1G] [--targets memory,pyplug,rbdpy]
+        [--jobs 4k-randwrite-qd32,1m-read-qd8|none] [--no-convert] [--convert-size 1G]
+        [--out bench/results]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import os
 import signal
@@ -22,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +48,9 @@ JOBS = [
     ("1M read qd8", "read", "1M", 8),
     ("4k randwrite qd1", "randwrite", "4k", 1),
 ]
+TARGETS = ("memory", "pyplug", "rbdpy")
+FIO_EXPORT = "2G"
+CONVERT_TARGET = 2.0  # rbdpy convert-in may take at most this many times memory's
 
 PYPLUG = '''
 import nbdkit
@@ -66,6 +85,18 @@ def pwrite(h, buf, offset, flags):
 '''
 
 
+def job_key(label: str) -> str:
+    """``4k randwrite qd32`` -> ``4k-randwrite-qd32`` (what ``--jobs`` takes)."""
+    return label.lower().replace(" ", "-")
+
+
+def parse_size(s: str) -> int:
+    """``1G``, ``256M``, ``4096`` (binary units, like fio and qemu-img)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = s.strip().upper().removesuffix("IB").removesuffix("B")
+    return int(float(t[:-1]) * units[t[-1]]) if t[-1:] in units else int(t)
+
+
 def start_nbdkit(args: list[str], sock: Path, env: dict | None = None) -> subprocess.Popen:
     sock.unlink(missing_ok=True)
     proc = subprocess.Popen(["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(sock),
@@ -78,6 +109,53 @@ def start_nbdkit(args: list[str], sock: Path, env: dict | None = None) -> subpro
         time.sleep(0.05)
     return proc
 
+
+@contextlib.contextmanager
+def nbdkit(args: list[str], sock: Path) -> Iterator[str]:
+    """An nbdkit serving ``args`` on ``sock`` for the block; stopped by its PID after."""
+    p = start_nbdkit(args, sock)
+    try:
+        yield f"nbd+unix:///?socket={sock}"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait()
+
+
+class Target:
+    """Serves fresh exports of one kind; rbdpy's live in one cluster for the whole target."""
+
+    def __init__(self, name: str, tmp: Path) -> None:
+        self.name = name
+        self.tmp = tmp
+        self.sock = tmp / "nbd.sock"
+        self.cluster = tmp / "cluster"
+        self.rb = [sys.executable, "-m", "rbdpy.cli", "--cluster", str(self.cluster)]
+
+    @contextlib.contextmanager
+    def up(self) -> Iterator[Target]:
+        if self.name != "rbdpy":
+            yield self
+            return
+        subprocess.run([*self.rb, "cluster", "up"], check=True, capture_output=True)
+        try:
+            yield self
+        finally:
+            subprocess.run([*self.rb, "cluster", "down"], capture_output=True)
+
+    def export(self, image: str, size: str) -> contextlib.AbstractContextManager[str]:
+        """A new, empty export of ``size`` bytes; the context gives its NBD URI."""
+        if self.name == "memory":
+            return nbdkit(["memory", f"size={size}"], self.sock)
+        if self.name == "pyplug":
+            plug = self.tmp / "pyplug.py"
+            plug.write_text(PYPLUG)
+            return nbdkit(["python", str(plug), f"size={size}"], self.sock)
+        subprocess.run([*self.rb, "create", image, "--size", size], check=True)
+        return nbdkit(["python", str(ROOT / "nbdplugin" / "rbdpy_nbd.py"),
+                       f"cluster={self.cluster}", f"image={image}"], self.sock)
+
+
+# -- fio ----------------------------------------------------------------------------------
 
 def fio(uri: str, rw: str, bs: str, qd: int, region: str, runtime: int, flush: bool) -> dict:
     cmd = ["fio", "--name=j", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
@@ -98,80 +176,250 @@ def prefill(uri: str, region: str) -> None:
                     "--output-format=terse"], capture_output=True, check=True)
 
 
-def run_target(name: str, uri: str, region: str, runtime: int) -> dict:
+def run_target(name: str, uri: str, region: str, runtime: int, jobs: list[tuple]) -> dict:
     prefill(uri, region)
     res = {}
-    for label, rw, bs, qd in JOBS:
+    for label, rw, bs, qd in jobs:
         res[label] = fio(uri, rw, bs, qd, region, runtime, flush=True)
         print(f"  {name:<7} {label:<18} {res[label]['iops']:10.0f} IOPS "
               f"{res[label]['MBps']:9.1f} MB/s", flush=True)
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runtime", type=int, default=10)
-    ap.add_argument("--region", default="1G")
-    ap.add_argument("--targets", default="memory,pyplug,rbdpy")
+# -- qemu-img convert ---------------------------------------------------------------------
+
+def make_source(path: Path, size: int, chunk: int = 16 << 20) -> None:
+    """First half random (seeded, incompressible), second half real zero bytes.
+
+    The zeros are written, not left as a hole, so qemu-img has to read them and find them
+    zero the way it does in a fully allocated image.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    half = size // 2
+    zeros = bytes(chunk)
+    with open(path, "wb") as f:
+        done = 0
+        while done < size:
+            n = min(chunk, size - done)
+            if done < half:
+                n = min(n, half - done)
+                f.write(rng.bytes(n))
+            else:
+                f.write(zeros[:n])
+            done += n
+
+
+def same_content(a: Path, b: Path, chunk: int = 16 << 20) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def qemu_img(*args: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["qemu-img", "convert", *args], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def time_convert(name: str, uri: str, src: Path, dst: Path) -> dict:
+    """Seconds to copy ``src`` into the (fresh) export and back out; checks the round trip."""
+    size = src.stat().st_size
+    in_s = qemu_img("-n", "-f", "raw", "-O", "raw", str(src), uri)
+    dst.unlink(missing_ok=True)
+    out_s = qemu_img("-t", "unsafe", "-f", "raw", "-O", "raw", uri, str(dst))
+    ok = same_content(src, dst)
+    dst.unlink(missing_ok=True)
+    res = {"in_s": round(in_s, 3), "out_s": round(out_s, 3),
+           "in_MBps": round(size / in_s / 1e6, 1), "out_MBps": round(size / out_s / 1e6, 1),
+           "verified": ok}
+    print(f"  {name:<7} convert in  {in_s:8.2f} s {res['in_MBps']:9.1f} MB/s", flush=True)
+    print(f"  {name:<7} convert out {out_s:8.2f} s {res['out_MBps']:9.1f} MB/s"
+          + ("" if ok else "   MISMATCH: the copy out differs from the source"), flush=True)
+    return res
+
+
+# -- report -------------------------------------------------------------------------------
+
+def ratio(a: float, b: float) -> float:
+    return round(a / max(b, 1e-9), 3)
+
+
+def plot(summary: dict, path: Path) -> bool:
+    """Grouped bars: IOPS per job (log scale), and convert seconds per direction."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib missing (pip install -e '.[bench]'): no chart", file=sys.stderr)
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results, convert = summary["results"], summary["convert"]
+    targets = [t for t in TARGETS if t in results or t in convert]
+    colors = {"memory": "#4c72b0", "pyplug": "#dd8452", "rbdpy": "#55a868"}
+    panels = [p for p, have in (("fio", summary["jobs"] and results), ("convert", convert))
+              if have]
+    if not panels:
+        return False
+    widths = [2.2 if p == "fio" else 1 for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * sum(widths), 5.5),
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "fio":
+            groups = summary["jobs"]
+            series = {t: [results[t][j]["iops"] for j in groups] for t in targets
+                      if t in results}
+            ax.set_yscale("log")
+            ax.set_ylabel("IOPS (log scale, higher is better)")
+            ax.set_title(f"fio over NBD ({summary['runtime']} s per job, "
+                         f"region {summary['region']})")
+            fmt = "{:.0f}"
+        else:
+            groups = ["in", "out"]
+            series = {t: [convert[t]["in_s"], convert[t]["out_s"]] for t in targets
+                      if t in convert}
+            ax.set_ylabel("seconds (lower is better)")
+            ax.set_title(f"qemu-img convert {summary['convert_size'] >> 20} MiB "
+                         "(half zeros)")
+            fmt = "{:.2f}s"
+            if "memory" in convert:
+                lim = CONVERT_TARGET * convert["memory"]["in_s"]
+                ax.plot([-0.45, 0.45], [lim, lim], "k--", lw=1,
+                        label=f"rbdpy target: {CONVERT_TARGET:g}x memory")
+        n = len(series)
+        w = 0.8 / max(n, 1)
+        for i, (t, vals) in enumerate(series.items()):
+            xs = [g + (i - (n - 1) / 2) * w for g in range(len(groups))]
+            bars = ax.bar(xs, vals, w, label=t, color=colors[t])
+            ax.bar_label(bars, [fmt.format(v) for v in vals], fontsize=7, padding=2,
+                         rotation=90 if panel == "fio" else 0)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups if panel == "convert" else [g.replace(" ", "\n", 1)
+                                                             for g in groups])
+        ax.margins(y=0.15)
+        if panel == "fio":
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, hi * 4)  # room for the rotated labels
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"rbdpy vs ceilings, {summary['cpus']} CPUs, {summary['date']}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def print_tables(summary: dict) -> None:
+    results, ratios = summary["results"], summary["ratios"]
+    if summary["jobs"] and results:
+        print()
+        print("| job | " + " | ".join(f"{k} IOPS" for k in results) + " | rbdpy/memory | "
+              "rbdpy/pyplug |")
+        print("|---|" + "---|" * (len(results) + 2))
+        for label in summary["jobs"]:
+            row = [f"{results[k][label]['iops']:.0f}" for k in results]
+            r = ratios[label]
+            print(f"| {label} | " + " | ".join(row) + f" | {r.get('memory', '-')} | "
+                  f"{r.get('pyplug', '-')} |")
+    convert = summary["convert"]
+    if convert:
+        cr = summary["convert_ratios"]
+        print()
+        print(f"| qemu-img convert {summary['convert_size'] >> 20} MiB (half zeros) | "
+              + " | ".join(f"{k} s" for k in convert) + " | rbdpy/memory | rbdpy/pyplug |")
+        print("|---|" + "---|" * (len(convert) + 2))
+        for d, what in (("in", "in (raw file -> export)"), ("out", "out (export -> raw file)")):
+            row = [f"{convert[k][f'{d}_s']:.2f}" for k in convert]
+            print(f"| {what} | " + " | ".join(row) + f" | {cr[d].get('memory', '-')} | "
+                  f"{cr[d].get('pyplug', '-')} |")
+        met = summary["convert_in_target_met"]
+        if met is not None:
+            print(f"\nrbdpy convert-in is {cr['in']['memory']}x memory's time "
+                  f"(target <= {CONVERT_TARGET:g}x): {'met' if met else 'NOT met'}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runtime", type=int, default=10, help="seconds per fio job")
+    ap.add_argument("--region", default="1G", help="bytes of the export the fio jobs use")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--jobs", default="all", help="comma-separated job keys ("
+                    + ", ".join(job_key(j[0]) for j in JOBS) + "), 'all' or 'none'")
+    ap.add_argument("--no-convert", action="store_true", help="skip the qemu-img convert runs")
+    ap.add_argument("--convert-size", default="1G", help="size of the convert source file")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
+                    help="where fio_suite.json and fio_suite.png go (default bench/results/)")
     args = ap.parse_args()
-    targets = args.targets.split(",")
+    targets = [t for t in args.targets.split(",") if t]
+    if bad := [t for t in targets if t not in TARGETS]:
+        ap.error(f"unknown target(s) {', '.join(bad)} (want {', '.join(TARGETS)})")
+    by_key = {job_key(j[0]): j for j in JOBS}
+    if args.jobs == "all":
+        jobs = list(JOBS)
+    elif args.jobs == "none":
+        jobs = []
+    else:
+        want = [job_key(k) for k in args.jobs.split(",") if k.strip()]
+        if bad := [k for k in want if k not in by_key]:
+            ap.error(f"unknown job(s) {', '.join(bad)} (want {', '.join(by_key)})")
+        jobs = [j for j in JOBS if job_key(j[0]) in want]
+    convert_size = parse_size(args.convert_size)
+
     results: dict[str, dict] = {}
+    convert: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        sock = t / "nbd.sock"
-        if "memory" in targets:
-            p = start_nbdkit(["memory", "size=2G"], sock)
-            try:
-                results["memory"] = run_target("memory", f"nbd+unix:///?socket={sock}",
-                                               args.region, args.runtime)
-            finally:
-                p.send_signal(signal.SIGTERM)
-                p.wait()
-        if "pyplug" in targets:
-            plug = t / "pyplug.py"
-            plug.write_text(PYPLUG)
-            p = start_nbdkit(["python", str(plug), "size=2G"], sock)
-            try:
-                results["pyplug"] = run_target("pyplug", f"nbd+unix:///?socket={sock}",
-                                               args.region, args.runtime)
-            finally:
-                p.send_signal(signal.SIGTERM)
-                p.wait()
-        if "rbdpy" in targets:
-            data = t / "cluster"
-            rb = [sys.executable, "-m", "rbdpy.cli", "--cluster", str(data)]
-            subprocess.run([*rb, "cluster", "up"], check=True, capture_output=True)
-            try:
-                subprocess.run([*rb, "create", "bench", "--size", "2G"], check=True)
-                p = start_nbdkit(["python", str(ROOT / "nbdplugin" / "rbdpy_nbd.py"),
-                                  f"cluster={data}", "image=bench"], sock)
-                try:
-                    results["rbdpy"] = run_target("rbdpy", f"nbd+unix:///?socket={sock}",
-                                                  args.region, args.runtime)
-                finally:
-                    p.send_signal(signal.SIGTERM)
-                    p.wait()
-            finally:
-                subprocess.run([*rb, "cluster", "down"], capture_output=True)
-    print()
-    print("| job | " + " | ".join(f"{k} IOPS" for k in results) + " | rbdpy/memory | "
-          "rbdpy/pyplug |")
-    print("|---|" + "---|" * (len(results) + 2))
+        src, dst = t / "convert-src.raw", t / "convert-dst.raw"
+        if not args.no_convert:
+            t0 = time.perf_counter()
+            make_source(src, convert_size)
+            print(f"  convert source: {convert_size >> 20} MiB in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+        for name in targets:
+            with Target(name, t).up() as target:
+                if jobs:
+                    with target.export("bench", FIO_EXPORT) as uri:
+                        results[name] = run_target(name, uri, args.region, args.runtime, jobs)
+                if not args.no_convert:
+                    with target.export("convert", str(convert_size)) as uri:
+                        convert[name] = time_convert(name, uri, src, dst)
+
     ratios: dict[str, dict[str, float]] = {}
-    for label, *_ in JOBS:
-        row = [f"{results[k][label]['iops']:.0f}" for k in results]
-        r = {}
-        if "rbdpy" in results:
-            for ceil in ("memory", "pyplug"):
-                if ceil in results:
-                    r[ceil] = round(results["rbdpy"][label]["iops"]
-                                    / max(results[ceil][label]["iops"], 1e-9), 3)
-        ratios[label] = r
-        print(f"| {label} | " + " | ".join(row) + f" | {r.get('memory', '-')} | "
-              f"{r.get('pyplug', '-')} |")
-    print(json.dumps({"results": results, "ratios": ratios, "runtime": args.runtime,
-                      "region": args.region, "cpus": os.cpu_count()}))
+    for label, *_ in jobs:
+        ratios[label] = {c: ratio(results["rbdpy"][label]["iops"], results[c][label]["iops"])
+                         for c in ("memory", "pyplug") if "rbdpy" in results and c in results}
+    convert_ratios = {d: {c: ratio(convert["rbdpy"][f"{d}_s"], convert[c][f"{d}_s"])
+                          for c in ("memory", "pyplug") if "rbdpy" in convert and c in convert}
+                      for d in ("in", "out")}
+    met = (convert_ratios["in"]["memory"] <= CONVERT_TARGET
+           if "memory" in convert_ratios["in"] else None)
+    summary = {"results": results, "ratios": ratios, "runtime": args.runtime,
+               "region": args.region, "cpus": os.cpu_count(),
+               "jobs": [j[0] for j in jobs],
+               "convert": convert, "convert_ratios": convert_ratios,
+               "convert_size": convert_size if convert else 0,
+               "convert_in_target": CONVERT_TARGET, "convert_in_target_met": met,
+               "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    print_tables(summary)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fio_suite.json").write_text(json.dumps(summary, indent=1) + "\n")
+    png = args.out / "fio_suite.png"
+    if plot(summary, png):
+        print(f"\nwrote {args.out / 'fio_suite.json'} and {png}")
+    else:
+        print(f"\nwrote {args.out / 'fio_suite.json'}")
+    print(json.dumps(summary))
+    return 0 if all(c["verified"] for c in convert.values()) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

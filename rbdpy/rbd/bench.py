@@ -9,9 +9,9 @@ on the async :class:`~rbdpy.rbd.image.Image` (the same object the nbdkit plugin 
 the queue depth is ``io_threads``. Offsets are ``io_size``-aligned: sequential ones walk the
 image from offset 0 and wrap at its end, random ones are drawn uniformly. A bench that wrote
 ends with ``flush`` inside the timed region, so the figures are for durable data. Write
-payloads are one immutable random buffer shared by every op: the objecter keeps a write's
-buffer views until the commit (it may resend them), so a buffer must never change while a
-write is in flight, and ``bytes`` cannot.
+payloads are one immutable random buffer shared by every op: nothing the bench hands the
+client can change while a write is in flight (or waits for its commit to be resent), and no
+op pays for filling a buffer. Non-zero random data also makes a written image easy to check.
 
 The CLI (``rbdpy/cli.py``) parses arguments, opens the image and prints; everything here is
 plain data in, plain data out, plus the pure formatting helpers it prints with.
