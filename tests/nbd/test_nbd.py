@@ -9,114 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
+from tests.nbd.conftest import RBDPY, Served, needs_nbdkit, pid_alive, qemu_io, rbdpy
 
-RBDPY = [sys.executable, "-m", "rbdpy.cli"]
-pytestmark = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit missing")
-
-
-def rbdpy(cluster: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([*RBDPY, "--cluster", str(cluster), *args], capture_output=True,
-                          text=True, check=check, timeout=120)
-
-
-def wait_for(path: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear")
-        time.sleep(0.05)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-
-
-class Served:
-    """A cluster with one image served by nbdkit on a unix socket."""
-
-    def __init__(self, root: Path, name: str = "disk", size: str = "64M",
-                 object_size: str = "1M") -> None:
-        self.dir = root / "data"
-        self.name = name
-        self.sock = root / "nbd.sock"
-        self.pidfile = root / "nbdkit.pid"
-        rbdpy(self.dir, "cluster", "up")
-        rbdpy(self.dir, "create", name, "--size", size, "--object-size", object_size)
-        self.serve()
-
-    @property
-    def uri(self) -> str:
-        return f"nbd+unix:///?socket={self.sock}"
-
-    def serve(self) -> None:
-        self.pidfile.unlink(missing_ok=True)
-        rbdpy(self.dir, "serve", self.name, "--socket", str(self.sock), "--pidfile",
-              str(self.pidfile))
-        wait_for(self.pidfile)
-        wait_for(self.sock)
-
-    def nbdkit_pid(self) -> int:
-        return int(self.pidfile.read_text())
-
-    def osd_pids(self) -> list[int]:
-        return [int(p.read_text()) for p in sorted(self.dir.glob("osd.*.pid"))]
-
-    def stop(self) -> None:
-        if self.pidfile.exists():
-            stop_pid(self.nbdkit_pid())
-        for pid in self.osd_pids():
-            stop_pid(pid)
-        for p in self.dir.glob("osd.*.pid"):
-            p.unlink()
-
-
-@pytest.fixture
-def served(tmp_path: Path):  # noqa: ANN201
-    s = Served(tmp_path)
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-def qemu_io(uri: str, *cmds: str, check: bool = True) -> subprocess.CompletedProcess:
-    args = ["qemu-io", "-f", "raw"]
-    for c in cmds:
-        args += ["-c", c]
-    r = subprocess.run([*args, uri], capture_output=True, text=True, timeout=120)
-    if check:
-        bad = [ln for ln in (r.stdout + r.stderr).splitlines()
-               if "failed" in ln or "Pattern verification" in ln]
-        assert r.returncode == 0 and not bad, r.stdout + r.stderr
-    return r
+pytestmark = needs_nbdkit
 
 
 def test_qemu_io_patterns_across_objects(served: Served) -> None:

@@ -1,0 +1,142 @@
+"""Shared helpers for the NBD tests: a real local cluster started through the CLI, nbdkit
+serving an image on a unix socket, every process stopped by the PID it recorded.
+
+Test modules import the helpers as ``tests.nbd.conftest``: under the project's
+``--import-mode=importlib`` pytest registers this file by that name (rootdir-relative) before
+it collects the test modules beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+RBDPY = [sys.executable, "-m", "rbdpy.cli"]
+needs_nbdkit = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit missing")
+
+
+def rbdpy(cluster: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*RBDPY, "--cluster", str(cluster), *args], capture_output=True,
+                          text=True, check=check, timeout=120)
+
+
+def wait_for(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def osd_pids(data: Path) -> list[int]:
+    return [int(p.read_text()) for p in sorted(data.glob("osd.*.pid"))]
+
+
+def stop_osds(data: Path) -> None:
+    for pid in osd_pids(data):
+        stop_pid(pid)
+    for p in data.glob("osd.*.pid"):
+        p.unlink()
+
+
+class Served:
+    """One image served by nbdkit on a unix socket under ``root``.
+
+    Without ``data`` it brings up a cluster of its own in ``root/data`` and ``stop`` stops
+    that cluster too; with ``data`` it creates its image on that running cluster and ``stop``
+    stops only its nbdkit.
+    """
+
+    def __init__(self, root: Path, name: str = "disk", size: str = "64M",
+                 object_size: str = "1M", data: Path | None = None) -> None:
+        self.owns_cluster = data is None
+        self.dir = root / "data" if data is None else data
+        self.name = name
+        root.mkdir(parents=True, exist_ok=True)
+        self.sock = root / "nbd.sock"
+        self.pidfile = root / "nbdkit.pid"
+        if self.owns_cluster:
+            rbdpy(self.dir, "cluster", "up")
+        rbdpy(self.dir, "create", name, "--size", size, "--object-size", object_size)
+        self.serve()
+
+    @property
+    def uri(self) -> str:
+        return f"nbd+unix:///?socket={self.sock}"
+
+    def serve(self) -> None:
+        self.pidfile.unlink(missing_ok=True)
+        rbdpy(self.dir, "serve", self.name, "--socket", str(self.sock), "--pidfile",
+              str(self.pidfile))
+        wait_for(self.pidfile)
+        wait_for(self.sock)
+
+    def nbdkit_pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+    def osd_pids(self) -> list[int]:
+        return osd_pids(self.dir)
+
+    def stop_nbdkit(self) -> None:
+        if self.pidfile.exists():
+            stop_pid(self.nbdkit_pid())
+            self.pidfile.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        self.stop_nbdkit()
+        if self.owns_cluster:
+            stop_osds(self.dir)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    s = Served(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def qemu_io(uri: str, *cmds: str, check: bool = True) -> subprocess.CompletedProcess:
+    args = ["qemu-io", "-f", "raw"]
+    for c in cmds:
+        args += ["-c", c]
+    r = subprocess.run([*args, uri], capture_output=True, text=True, timeout=120)
+    if check:
+        bad = [ln for ln in (r.stdout + r.stderr).splitlines()
+               if "failed" in ln or "Pattern verification" in ln]
+        assert r.returncode == 0 and not bad, r.stdout + r.stderr
+    return r
+
