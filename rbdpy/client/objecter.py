@@ -56,6 +56,7 @@ class Request:
     committed: trio.Event = field(default_factory=trio.Event)
     reply: object | None = None
     error: int = 0
+    landed: bool = False  # alloc_data handed out read_into: the data is already in place
 
 
 class Objecter:
@@ -170,7 +171,10 @@ class Objecter:
         if header.type != osdops.MSG_OSD_OPREPLY:
             return None
         req = self.inflight.get(header.tid)
-        return req.read_into if req is not None else None
+        if req is None or req.read_into is None:
+            return None
+        req.landed = True
+        return req.read_into
 
     async def dispatch(self, peer: Peer, msg: Message) -> None:
         if msg.type != osdops.MSG_OSD_OPREPLY:
@@ -185,6 +189,7 @@ class Objecter:
             log.warning("undecodable reply tid %d from %s: %s", msg.tid, peer.name, e)
             reply, err = None, errno.EBADMSG
         else:
+            reply.landed = req.landed
             if reply.attempt != req.attempt:
                 # an answer to an earlier send (e.g. the old primary's commit after the map
                 # moved the object): it says nothing about the copy we now wait for

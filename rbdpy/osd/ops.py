@@ -968,6 +968,7 @@ class OSDReply:
     epoch: int
     attempt: int
     results: list[OpResult] = field(default_factory=list)
+    landed: bool = False  # client side: the data section arrived in the reader's buffers
 
 
 def encode_reply(

@@ -28,6 +28,7 @@ import trio
 
 from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.osd import ops as O
+from rbdpy.osd.ops import slice_segments
 from rbdpy.rbd.layout import Layout, map_extents
 
 log = logging.getLogger("rbdpy.rbd")
@@ -242,6 +243,11 @@ class Image:
             _zero(dests)
             return
         got = r.results[0].out or []
+        if r.landed:  # the messenger received straight into dests; zero what was short
+            n = sum(len(g) for g in got)
+            if n < ex.length:
+                _zero(slice_segments(dests, n, ex.length - n))
+            return
         _land(got, dests)
 
     async def write(self, offset: int, buf: memoryview, *, fua: bool = False) -> None:
