@@ -144,24 +144,14 @@ async def _msgr_send(port: int, size: int, count: int) -> float:
         window = max(8, (64 << 20) // size)  # bound what is queued but unacked
         sent = 0
         while sent < count:
-            while sent < count and peer.session.out_seq - _acked(peer) < window:
-                peer.send(Message(type=MSG_DATA, tid=sent, data=BioChain.from_buffer(buf)))
-                sent += 1
-            await trio.sleep(0)
+            await peer.wait_for_room(window)
+            peer.send(Message(type=MSG_DATA, tid=sent, data=BioChain.from_buffer(buf)))
+            sent += 1
         peer.send(Message(type=MSG_DONE, tid=count))
         await done.wait()
         elapsed = time.perf_counter() - t0
         m.shutdown()
     return elapsed
-
-
-def _acked(peer) -> int:  # noqa: ANN001
-    s = peer.session
-    if s.sent:
-        return s.sent[0].seq - 1
-    if s.unsent:
-        return s.unsent[0].seq - 1
-    return s.out_seq
 
 
 def measure(fn, size: int, seconds: float, tmp: str) -> dict[str, float]:  # noqa: ANN001

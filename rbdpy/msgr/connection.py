@@ -164,6 +164,10 @@ class Session:
         msg._wire_head = msg._wire_foot = None
         self.unsent.append(msg)
 
+    def backlog(self) -> int:
+        """Messages queued or sent but not yet acknowledged by the peer."""
+        return len(self.sent) + len(self.unsent)
+
     def acked(self, seq: int) -> None:
         sent = self.sent
         while sent and sent[0].seq <= seq:

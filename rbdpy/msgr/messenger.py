@@ -71,6 +71,7 @@ class Peer:
         self.closed = False
         self.connected = trio.Event()
         self._wake = trio.Event()
+        self._room: trio.Event | None = None
 
     @property
     def name(self) -> EntityName | None:
@@ -85,6 +86,19 @@ class Peer:
 
     def kick(self) -> None:
         self._wake.set()
+
+    async def wait_for_room(self, limit: int) -> None:
+        """Flow control for producers: return once fewer than ``limit`` messages are queued or
+        unacknowledged (acks arrive with the peer's traffic; a reset empties the backlog)."""
+        while self.session.backlog() >= limit and not self.closed:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def _made_room(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     def close(self) -> None:
         """End the session: tell the peer (best effort) and stop reconnecting."""
@@ -266,6 +280,8 @@ class Messenger:
         finally:
             self.copied_bytes += conn.copied_bytes
             conn.copied_bytes = 0
+            if state.peer is not None:
+                state.peer._made_room()
             if state.peer is not None and state.peer.conn is conn:
                 state.peer.conn = None
                 state.peer.connected = trio.Event()
@@ -297,6 +313,8 @@ class Messenger:
             state.last_rx = trio.current_time()
             if events:
                 await self._dispatch_events(state, conn, events)
+            if state.peer is not None and state.peer._room is not None:
+                state.peer._made_room()  # acks may have come in: let producers re-check
             if conn.has_output():
                 if state.peer is not None:
                     state.peer.kick()
