@@ -3,6 +3,9 @@
 Targets:
   memory   nbdkit's C ``memory`` plugin: the ceiling of the NBD path itself
   pyplug   a minimal Python nbdkit plugin over one bytearray: the ceiling of any Python plugin
+  file     nbdkit's C ``file`` plugin over a sparse file beside the cluster's data (same disk):
+           the ceiling of *durable* writes through NBD here, since its flush is an fdatasync
+           (memory and pyplug never touch the disk, so no store can reach them on writes)
   rbdpy    rbdpy with 1 OSD, replica 1 (writes flushed every 256 ops and at the end)
 
 Jobs: 4k randwrite qd32, 4k randread qd32, 1M write qd8, 1M read qd8, 4k randwrite qd1 over a
@@ -22,7 +25,7 @@ Prints a Markdown table of IOPS with ratios, one of convert times, and the last 
 JSON object; ``--out DIR`` (default bench/results/) also gets that object as fio_suite.json
 and a bar chart as fio_suite.png (needs matplotlib: ``pip install -e '.[bench]'``).
 
-    python bench/fio_suite.py [--runtime 10] [--region 1G] [--targets memory,pyplug,rbdpy]
+    python bench/fio_suite.py [--runtime 10] [--region 1G] [--targets memory,pyplug,file,rbdpy]
         [--jobs 4k-randwrite-qd32,1m-read-qd8|none] [--no-convert] [--convert-size 1G]
         [--convert-repeat 3] [--out bench/results]
 """
@@ -50,7 +53,8 @@ JOBS = [
     ("1M read qd8", "read", "1M", 8),
     ("4k randwrite qd1", "randwrite", "4k", 1),
 ]
-TARGETS = ("memory", "pyplug", "rbdpy")
+TARGETS = ("memory", "pyplug", "file", "rbdpy")
+CEILINGS = ("memory", "pyplug", "file")
 FIO_EXPORT = "2G"
 CONVERT_TARGET = 2.0  # rbdpy convert-in may take at most this many times memory's
 
@@ -152,6 +156,12 @@ class Target:
             plug = self.tmp / "pyplug.py"
             plug.write_text(PYPLUG)
             return nbdkit(["python", str(plug), f"size={size}"], self.sock)
+        if self.name == "file":
+            path = self.tmp / "file-export.raw"
+            path.unlink(missing_ok=True)
+            with open(path, "wb") as f:
+                f.truncate(parse_size(size))
+            return nbdkit(["file", f"file={path}"], self.sock)
         subprocess.run([*self.rb, "create", image, "--size", size], check=True)
         return nbdkit(["python", str(ROOT / "nbdplugin" / "rbdpy_nbd.py"),
                        f"cluster={self.cluster}", f"image={image}"], self.sock)
@@ -282,7 +292,7 @@ def plot(summary: dict, path: Path) -> bool:
 
     results, convert = summary["results"], summary["convert"]
     targets = [t for t in TARGETS if t in results or t in convert]
-    colors = {"memory": "#4c72b0", "pyplug": "#dd8452", "rbdpy": "#55a868"}
+    colors = {"memory": "#4c72b0", "pyplug": "#dd8452", "file": "#8172b3", "rbdpy": "#55a868"}
     panels = [p for p, have in (("fio", summary["jobs"] and results), ("convert", convert))
               if have]
     if not panels:
@@ -340,26 +350,27 @@ def print_tables(summary: dict) -> None:
     results, ratios = summary["results"], summary["ratios"]
     if summary["jobs"] and results:
         print()
-        print("| job | " + " | ".join(f"{k} IOPS" for k in results) + " | rbdpy/memory | "
-              "rbdpy/pyplug |")
-        print("|---|" + "---|" * (len(results) + 2))
+        print("| job | " + " | ".join(f"{k} IOPS" for k in results) + " | "
+              + " | ".join(f"rbdpy/{c}" for c in CEILINGS) + " |")
+        print("|---|" + "---|" * (len(results) + len(CEILINGS)))
         for label in summary["jobs"]:
             row = [f"{results[k][label]['iops']:.0f}" for k in results]
             r = ratios[label]
-            print(f"| {label} | " + " | ".join(row) + f" | {r.get('memory', '-')} | "
-                  f"{r.get('pyplug', '-')} |")
+            print(f"| {label} | " + " | ".join(row) + " | "
+                  + " | ".join(str(r.get(c, "-")) for c in CEILINGS) + " |")
     convert = summary["convert"]
     if convert:
         cr = summary["convert_ratios"]
         print()
         print(f"| qemu-img convert {summary['convert_size'] >> 20} MiB (half zeros), best of "
               f"{summary['convert_repeat']} | "
-              + " | ".join(f"{k} s" for k in convert) + " | rbdpy/memory | rbdpy/pyplug |")
-        print("|---|" + "---|" * (len(convert) + 2))
+              + " | ".join(f"{k} s" for k in convert) + " | "
+              + " | ".join(f"rbdpy/{c}" for c in CEILINGS) + " |")
+        print("|---|" + "---|" * (len(convert) + len(CEILINGS)))
         for d, what in (("in", "in (raw file -> export)"), ("out", "out (export -> raw file)")):
             row = [f"{convert[k][f'{d}_s']:.2f}" for k in convert]
-            print(f"| {what} | " + " | ".join(row) + f" | {cr[d].get('memory', '-')} | "
-                  f"{cr[d].get('pyplug', '-')} |")
+            print(f"| {what} | " + " | ".join(row) + " | "
+                  + " | ".join(str(cr[d].get(c, "-")) for c in CEILINGS) + " |")
         met = summary["convert_in_target_met"]
         if met is not None:
             print(f"\nrbdpy convert-in is {cr['in']['memory']}x memory's time "
@@ -422,9 +433,9 @@ def main() -> int:
     ratios: dict[str, dict[str, float]] = {}
     for label, *_ in jobs:
         ratios[label] = {c: ratio(results["rbdpy"][label]["iops"], results[c][label]["iops"])
-                         for c in ("memory", "pyplug") if "rbdpy" in results and c in results}
+                         for c in CEILINGS if "rbdpy" in results and c in results}
     convert_ratios = {d: {c: ratio(convert["rbdpy"][f"{d}_s"], convert[c][f"{d}_s"])
-                          for c in ("memory", "pyplug") if "rbdpy" in convert and c in convert}
+                          for c in CEILINGS if "rbdpy" in convert and c in convert}
                       for d in ("in", "out")}
     met = (convert_ratios["in"]["memory"] <= CONVERT_TARGET
            if "memory" in convert_ratios["in"] else None)
