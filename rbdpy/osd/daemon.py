@@ -9,7 +9,9 @@ while new requests keep being applied.
 Resent requests (same client incarnation and tid, higher attempt) are recognized from a
 small per-object table of recent request ids that is written in the same transaction as the
 mutation itself, so it survives a crash exactly when the mutation does: a write already
-applied is answered, not applied twice.
+applied is answered, not applied twice. On disk the table is one xattr per client
+incarnation, a bounded log the store appends to (``appendxattr``): a write journals its own
+12-byte entry, not the whole table.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ import logging
 import os
 import signal
 import struct
-from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +35,11 @@ from rbdpy.osd.store import ObjectStore, StoreError, Transaction
 
 log = logging.getLogger("rbdpy.osd")
 
-REQID_ATTR = "_reqids"
+REQID_PREFIX = "_rq."  # + "<type>.<num>.<incarnation>": that client's log on the object
 REQID_KEEP = 128  # per client incarnation and object: must cover its writes in flight there
 REQID_CLIENTS = 8  # client incarnations remembered per object
+_RQ_ENTRY = struct.Struct("<Qi")  # tid, result: one log entry
+_RQ_KEEP_BYTES = REQID_KEEP * _RQ_ENTRY.size
 
 
 @dataclass
@@ -52,6 +55,7 @@ class ObjectContext:
     def __init__(self, store: ObjectStore, oid: str, txn: Transaction) -> None:
         self.store, self.oid, self.txn = store, oid, txn
         self.mutated = False
+        self.removed = False  # the vector deletes the object (maybe re-creating it after)
         self._xattr_overlay: dict[str, bytes | None] = {}
         self._exists: bool | None = None
 
@@ -119,6 +123,7 @@ class ObjectContext:
     def remove(self) -> None:
         self.txn.delete()
         self._exists = False
+        self.removed = True
         self.mutated = True
 
 
@@ -134,8 +139,8 @@ class OSD:
         self.epoch = 1
         self._pending: list[_PendingCommit] = []
         self._commit_wanted = trio.Event()
-        # object -> client incarnation -> its recent request ids there
-        self._recent: dict[str, OrderedDict[tuple, _ClientIds]] = {}
+        # object -> its recent request ids, per client incarnation
+        self._recent: dict[str, _ObjIds] = {}
         self.msgr: Messenger | None = None
         self.stats = {"ops": 0, "errors": 0, "dups": 0, "commits": 0}
         # fault injection for tests (like Ceph's *_inject_* options): hold every group commit
@@ -235,10 +240,10 @@ class OSD:
         try:
             outputs = self._run_ops(req, key, txn, ctx)
             if writes and (len(txn) or ctx.mutated):
-                self._record_reqid(key, reqid, txn, ctx)
+                saved = self._record_reqid(key, reqid, txn, ctx)
                 res = self.store.apply(key, txn)
                 version, seq = res.version, res.seq
-                self._remember(key, reqid, 0, version)
+                self._remember(key, reqid, 0, version, saved, ctx.removed)
             else:
                 version, seq = self._version(key), None
             outputs = [(op, r, out() if callable(out) else out) for op, r, out in outputs]
@@ -249,7 +254,7 @@ class OSD:
                     and any(isinstance(op, osdops.Delete) for op in req.ops)):
                 err = 0  # a resent delete that already happened before a crash
             if writes:
-                self._remember(key, reqid, -err, 0)
+                self._remember(key, reqid, -err, 0, False, False)
             return self._reply(peer, req, -err, 0, [], None, writes)
         self._reply(peer, req, 0, version, outputs, seq, writes)
 
@@ -295,6 +300,7 @@ class OSD:
             elif t is osdops.Delete:
                 txn.delete()
                 ctx._exists = False
+                ctx.removed = True
             elif t is osdops.Create:
                 txn.create(op.exclusive)
             elif t is osdops.SetXattr:
@@ -302,6 +308,8 @@ class OSD:
                     raise osdops.OpError(errno.EINVAL, "xattr names starting with _ are internal")
                 txn.setxattr(op.name, op.value)
             elif t is osdops.RmXattr:
+                if op.name.startswith("_"):
+                    raise osdops.OpError(errno.EINVAL, "xattr names starting with _ are internal")
                 txn.rmxattr(op.name)
             elif t is osdops.CmpXattr:
                 txn.cmpxattr(op.name, op.op, op.value)
@@ -343,115 +351,160 @@ class OSD:
             return 0
 
     # -- duplicate detection --------------------------------------------------------------
+    #
+    # Invariant: after every write that records its id, each client's xattr on the object
+    # holds exactly that client's in-memory entries (same order, same window). Entries the
+    # store has not got yet (failed requests, writes whose vector deleted the object, ...)
+    # wait in ``unsaved`` and ride along with the next recorded write; logs of evicted
+    # clients wait in ``drop`` to be removed.
 
     def _find_dup(self, oid: str, reqid: tuple) -> tuple[int, int] | None:
-        ids = self._table(oid).get(reqid[:3])
+        tbl = self._recent.get(oid)
+        if tbl is None:
+            tbl = self._load_recent(oid)
+        ids = tbl.clients.get(reqid[:3])
         return ids.results.get(reqid[3]) if ids is not None else None
 
-    def _table(self, oid: str) -> OrderedDict:
-        recent = self._recent.get(oid)
-        return recent if recent is not None else self._load_recent(oid)
+    def _table(self, oid: str) -> _ObjIds:
+        tbl = self._recent.get(oid)
+        return tbl if tbl is not None else self._load_recent(oid)
 
-    def _load_recent(self, oid: str) -> OrderedDict:
-        recent: OrderedDict[tuple, _ClientIds] = OrderedDict()
+    def _load_recent(self, oid: str) -> _ObjIds:
+        tbl = _ObjIds()
         try:
-            _decode_reqids(self.store.getxattr(oid, REQID_ATTR), recent)
-        except (StoreError, ValueError, struct.error):
-            recent.clear()
+            attrs = self.store.getxattrs(oid)
+        except StoreError:
+            attrs = {}
+        for name, raw in attrs.items():  # least recently appended first
+            if not name.startswith(REQID_PREFIX):
+                continue
+            try:
+                ctype, cnum, inc = (int(x) for x in name[len(REQID_PREFIX):].split("."))
+            except ValueError:
+                continue
+            ids = _ClientIds(name)
+            n = len(raw) - len(raw) % _RQ_ENTRY.size
+            for tid, result in _RQ_ENTRY.iter_unpack(raw[len(raw) - n:]):
+                if tid not in ids.results:
+                    ids.tids.append(tid)
+                ids.results[tid] = (result, 0)
+            tbl.clients[(ctype, cnum, inc)] = ids
+        while len(tbl.clients) > REQID_CLIENTS:
+            tbl.drop.append(tbl.clients.popitem(last=False)[1].attr)
         if len(self._recent) > 4096:
             self._recent.pop(next(iter(self._recent)))
-        self._recent[oid] = recent
-        return recent
+        self._recent[oid] = tbl
+        return tbl
 
     def _record_reqid(self, oid: str, reqid: tuple, txn: Transaction,
-                      ctx: ObjectContext) -> None:
+                      ctx: ObjectContext) -> bool:
+        """Add this request's id (and whatever is pending) to ``txn``; False if it cannot be
+        attached to the object, so it stays unsaved until the next write that can."""
         if ctx._exists is False:
-            return  # the vector deletes the object: nothing to attach the id to
+            return False  # the vector deletes the object: nothing to attach the id to
         if not self.store.exists(oid) and not txn.creates():
-            return  # zero/rmxattr of a missing object must not create it just for the id
-        txn.setxattr(REQID_ATTR, _encode_reqids(self._table(oid), reqid))
-
-    def _remember(self, oid: str, reqid: tuple, result: int, version: int) -> None:
-        recent = self._table(oid)
+            return False  # zero/rmxattr of a missing object must not create it just for the id
+        tbl = self._table(oid)
         client, tid = reqid[:3], reqid[3]
-        ids = recent.pop(client, None) or _ClientIds()
-        recent[client] = ids  # most recently used client last
+        ids = tbl.clients.get(client)
+        if ids is None:
+            ids = self._admit(tbl, client)
+        entry = _RQ_ENTRY.pack(tid, 0)
+        if not tbl.pending and not ctx.removed:  # the common case: one entry, one op
+            txn.appendxattr(ids.attr, entry, _RQ_KEEP_BYTES)
+            return True
+        if ctx.removed:
+            # the vector deletes the object before re-creating it and its logs go with it:
+            # write every client's whole window again (this client's one with this id)
+            for c in tbl.clients.values():
+                data = c.encode() + entry if c is ids else c.encode()
+                if data:
+                    txn.appendxattr(c.attr, data[-_RQ_KEEP_BYTES:], _RQ_KEEP_BYTES)
+            return True
+        for attr in tbl.drop:  # first: an evicted client that came back starts a new log
+            if ctx.getxattr(attr) is not None:
+                txn.rmxattr(attr)
+        for c in tbl.clients.values():
+            if c.unsaved and c is not ids:
+                txn.appendxattr(c.attr, c.unsaved, _RQ_KEEP_BYTES)
+        txn.appendxattr(ids.attr, (ids.unsaved + entry)[-_RQ_KEEP_BYTES:], _RQ_KEEP_BYTES)
+        return True
+
+    @staticmethod
+    def _admit(tbl: _ObjIds, client: tuple) -> _ClientIds:
+        """A new client incarnation on the object, evicting the least recently used one."""
+        while len(tbl.clients) >= REQID_CLIENTS:
+            gone = tbl.clients.popitem(last=False)[1]
+            tbl.drop.append(gone.attr)
+            tbl.pending = True
+        ids = _ClientIds(f"{REQID_PREFIX}{client[0]}.{client[1]}.{client[2]}")
+        tbl.clients[client] = ids
+        return ids
+
+    def _remember(self, oid: str, reqid: tuple, result: int, version: int, saved: bool,
+                  removed: bool) -> None:
+        """Note the outcome in memory. ``saved``: the id went into the applied transaction,
+        with everything pending; otherwise it waits for the next write. ``removed``: the
+        object was deleted (and maybe re-created) by it, taking the logs along."""
+        tbl = self._table(oid)
+        client, tid = reqid[:3], reqid[3]
+        ids = tbl.clients.get(client)
+        if ids is None:
+            ids = self._admit(tbl, client)
+        else:
+            tbl.clients.move_to_end(client)
+        tids = ids.tids
         if tid not in ids.results:
-            ids.tids.append(tid)
+            if len(tids) >= REQID_KEEP:
+                ids.results.pop(tids.popleft(), None)
+            tids.append(tid)
         ids.results[tid] = (result, version)
-        if result:
-            ids.errs[tid] = result
-        if len(ids.tids) > REQID_KEEP:
-            for old in ids.tids[: len(ids.tids) - REQID_KEEP]:
-                ids.results.pop(old, None)
-                ids.errs.pop(old, None)
-            del ids.tids[: len(ids.tids) - REQID_KEEP]
-        while len(recent) > REQID_CLIENTS:
-            recent.popitem(last=False)
+        if saved:
+            if tbl.pending or removed:
+                for c in tbl.clients.values():
+                    c.unsaved = bytearray()
+                tbl.drop.clear()
+                tbl.pending = False
+            return
+        if removed:  # the logs went with the object: everything is unsaved again
+            for c in tbl.clients.values():
+                c.unsaved = c.encode()
+            tbl.drop.clear()
+        else:
+            ids.unsaved += _RQ_ENTRY.pack(tid, result)
+            del ids.unsaved[:-_RQ_KEEP_BYTES]
+        tbl.pending = True
+
+
+class _ObjIds:
+    """The recent request ids on one object: per client incarnation (least recently used
+    first), plus what the store does not hold yet."""
+
+    __slots__ = ("clients", "drop", "pending")
+
+    def __init__(self) -> None:
+        self.clients: OrderedDict[tuple, _ClientIds] = OrderedDict()
+        self.drop: list[str] = []  # logs of evicted clients, to remove with the next write
+        self.pending = False  # some client has unsaved entries, or drop is not empty
 
 
 class _ClientIds:
     """One client incarnation's recent requests on one object, oldest first."""
 
-    __slots__ = ("tids", "results", "errs")
+    __slots__ = ("attr", "tids", "results", "unsaved")
 
-    def __init__(self) -> None:
-        self.tids = array("Q")
+    def __init__(self, attr: str) -> None:
+        self.attr = attr  # the xattr holding its log
+        self.tids: deque[int] = deque()
         self.results: dict[int, tuple[int, int]] = {}  # tid -> (result, version)
-        self.errs: dict[int, int] = {}  # tid -> result, failures only
+        self.unsaved = bytearray()  # log entries not in the store yet, oldest first
 
-
-# persisted request ids (binary, so a deep window costs a memcpy, not a Python loop):
-# magic, n clients, then per client: type, num, incarnation, n tids, n failures,
-# tids u64…, (tid u64, result i32)…
-_RQ_MAGIC = b"RQ1"
-_RQ_CLIENT = struct.Struct("<BQQHH")
-_RQ_ERR = struct.Struct("<Qi")
-
-
-def _encode_reqids(recent: OrderedDict, reqid: tuple) -> bytes:
-    """The table as it will be once ``reqid`` is applied (it is written in the same txn)."""
-    client, tid = reqid[:3], reqid[3]
-    out = [_RQ_MAGIC, b""]
-    n = 0
-    for c in [c for c in recent if c != client][-(REQID_CLIENTS - 1):] + [client]:
-        ids = recent.get(c)
-        tids = ids.tids if ids is not None else array("Q")
-        if c == client and (ids is None or tid not in ids.results):
-            tids = tids[len(tids) - REQID_KEEP + 1:] if len(tids) >= REQID_KEEP else tids[:]
-            tids.append(tid)
-        if not tids:
-            continue
-        errs = list(ids.errs.items()) if ids is not None else []
-        out.append(_RQ_CLIENT.pack(c[0], c[1], c[2], len(tids), len(errs)))
-        out.append(tids.tobytes())
-        out.extend(_RQ_ERR.pack(t, r) for t, r in errs)
-        n += 1
-    out[1] = bytes([n])
-    return b"".join(out)
-
-
-def _decode_reqids(raw: bytes, recent: OrderedDict) -> None:
-    if not raw.startswith(_RQ_MAGIC):
-        raise ValueError("not a request id table")
-    pos = len(_RQ_MAGIC) + 1
-    for _ in range(raw[len(_RQ_MAGIC)]):
-        ctype, cnum, inc, nt, ne = _RQ_CLIENT.unpack_from(raw, pos)
-        pos += _RQ_CLIENT.size
-        ids = _ClientIds()
-        ids.tids.frombytes(raw[pos : pos + 8 * nt])
-        pos += 8 * nt
-        ids.results = dict.fromkeys(ids.tids, (0, 0))
-        for _ in range(ne):
-            t, r = _RQ_ERR.unpack_from(raw, pos)
-            pos += _RQ_ERR.size
-            ids.errs[t] = r
-            ids.results[t] = (r, 0)
-        recent[(ctype, cnum, inc)] = ids
-    if pos != len(raw):
-        raise ValueError("trailing bytes in the request id table")
-
-
+    def encode(self) -> bytearray:
+        """The whole window as log entries (versions are not persisted: they read as 0)."""
+        out = bytearray()
+        for tid in self.tids:
+            out += _RQ_ENTRY.pack(tid, self.results[tid][0])
+        return out
 
 
 def _bind(fn, *args):  # noqa: ANN001, ANN202

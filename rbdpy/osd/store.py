@@ -152,13 +152,15 @@ _DELETE = 5
 _SETXATTR = 6
 _RMXATTR = 7
 _WRITE_DIRECT = 8  # whole blocks into holes: data went straight to the file, journal has crcs
+_APPENDXATTR = 9  # bounded append: only the appended bytes are journaled, not the whole value
 # ... and builder-only ops (expanded or evaluated by apply, never journaled)
 _CREATE_EXCL = 20
 _WRITEFULL = 21
 _CMPXATTR = 30
 _ASSERT_VERSION = 31
 _ASSERT_EXISTS = 32
-_CREATING_OPS = frozenset({_CREATE, _CREATE_EXCL, _WRITE, _WRITEFULL, _TRUNCATE, _SETXATTR})
+_CREATING_OPS = frozenset({_CREATE, _CREATE_EXCL, _WRITE, _WRITEFULL, _TRUNCATE, _SETXATTR,
+                           _APPENDXATTR})
 
 _GUARDS = frozenset({_CMPXATTR, _ASSERT_VERSION, _ASSERT_EXISTS})
 
@@ -248,6 +250,17 @@ class Transaction:
         self.ops.append((_RMXATTR, name))
         return self
 
+    def appendxattr(self, name: str, data: Buffer, keep: int) -> Transaction:
+        """Append ``data`` to an xattr (a missing one counts as empty) and keep only the last
+        ``keep`` bytes of the result; creates the object. Moves the xattr last in the order
+        of ``getxattrs`` (so a set of such logs is ordered by last use).
+
+        Why not setxattr with the new value: the journal record then carries only ``data``,
+        so a small log that grows with every write (the OSD's request ids) costs a few bytes
+        per transaction instead of its whole size."""
+        self.ops.append((_APPENDXATTR, name, bytes(data), operator.index(keep)))
+        return self
+
     def cmpxattr(self, name: str, op: CmpOp | int | str, value: Buffer | int) -> Transaction:
         """Guard on an xattr: bytes ``value`` compares bytes (a missing xattr is b""), an int
         compares as u64 with the xattr parsed as ASCII decimal (missing is 0). ECANCELED if
@@ -291,6 +304,7 @@ _OP_DIRECT = struct.Struct("<BQQI")  # off, length, blocks; then one u32 crc per
 _OP_ZERO = struct.Struct("<BQQ")
 _OP_TRUNC = struct.Struct("<BQ")
 _OP_XATTR = struct.Struct("<BHI")
+_OP_APPENDX = struct.Struct("<BHII")  # name len, data len, keep; then name, data
 
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 
@@ -913,12 +927,15 @@ class ObjectStore:
                 ops.append((_DELETE,))
                 exists, size, xattrs, xcopied, fresh = False, 0, {}, True, True
                 prealloc.clear()
-            elif code in (_SETXATTR, _RMXATTR):
+            elif code in (_SETXATTR, _RMXATTR, _APPENDXATTR):
                 name = op[1]
                 if not isinstance(name, str) or not name or len(name.encode()) > MAX_XATTR_NAME:
                     raise StoreError(errno.EINVAL, "bad xattr name")
-                if code == _SETXATTR:
-                    if len(op[2]) > MAX_XATTR_VALUE:
+                if code != _RMXATTR:
+                    if code == _APPENDXATTR and not 0 <= len(op[2]) <= op[3]:
+                        raise StoreError(errno.EINVAL, "appendxattr keeps less than it appends")
+                    if len(op[2]) > MAX_XATTR_VALUE or (code == _APPENDXATTR
+                                                        and op[3] > MAX_XATTR_VALUE):
                         raise StoreError(errno.E2BIG, f"xattr value over {MAX_XATTR_VALUE}")
                     if not exists:
                         ops.append((_CREATE,))
@@ -932,6 +949,8 @@ class ObjectStore:
                     xattrs, xcopied = dict(xattrs), True
                 if code == _SETXATTR:
                     xattrs[name] = op[2]
+                elif code == _APPENDXATTR:
+                    xattrs[name] = _appended(xattrs.pop(name, b""), op[2], op[3])
                 else:
                     del xattrs[name]
                 ops.append(op)
@@ -1090,6 +1109,9 @@ class ObjectStore:
                 st.obj.xattrs[op[1]] = op[2]
             elif code == _RMXATTR:
                 st.obj.xattrs.pop(op[1], None)
+            elif code == _APPENDXATTR:
+                xattrs = st.obj.xattrs
+                xattrs[op[1]] = _appended(xattrs.pop(op[1], b""), op[2], op[3])
         self._dirty.add(oid)
         if st.obj is not None:
             st.obj.version = seq
@@ -1709,6 +1731,12 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _appended(old: bytes, data: bytes, keep: int) -> bytes:
+    """The value of an xattr after appendxattr (the same computation at apply and replay)."""
+    new = old + data
+    return new[len(new) - keep:] if len(new) > keep else new
+
+
 def _zero_fill(mv: memoryview) -> None:
     if len(mv):
         np.frombuffer(mv, dtype=np.uint8)[:] = 0
@@ -1803,6 +1831,11 @@ def _encode_txn(oid: str, mtime: float, ops: list[tuple]) -> list:
             k = op[1].encode()
             cur += _OP_XATTR.pack(_RMXATTR, len(k), 0)
             cur += k
+        elif code == _APPENDXATTR:
+            k = op[1].encode()
+            cur += _OP_APPENDX.pack(_APPENDXATTR, len(k), len(op[2]), op[3])
+            cur += k
+            cur += op[2]
         else:  # pragma: no cover
             raise AssertionError(code)
     if cur:
@@ -1852,6 +1885,13 @@ def _decode_txn(buf: memoryview) -> tuple[str, float, list[tuple]]:
                 pos += vl
             else:
                 ops.append((_RMXATTR, k))
+        elif code == _APPENDXATTR:
+            _, kl, vl, keep = _OP_APPENDX.unpack_from(buf, pos)
+            pos += _OP_APPENDX.size
+            k = bytes(buf[pos:pos + kl]).decode()
+            pos += kl
+            ops.append((_APPENDXATTR, k, bytes(buf[pos:pos + vl]), keep))
+            pos += vl
         else:
             raise StoreError(errno.EIO, f"journal record with unknown op {code}")
     return oid, mtime, ops
