@@ -870,9 +870,72 @@ def _data_views(msg: Message) -> list[memoryview]:
     return [_view(s) for s in msg.data_segments()]
 
 
+_SIMPLE_HEAD = struct.Struct(_REQ_HEAD.format + "I")  # ... then the object name's length
+_SIMPLE_SNAPC = struct.Struct("<QIH")  # snap seq, 0 snap ids, n_ops
+
+
+def _decode_simple(msg: Message) -> OSDRequest | None:
+    """The common request in one pass: no snap ids, one op without trail items (a read or a
+    write of one extent, ...). None for anything else, or anything the least bit wrong: the
+    general decoder then decides (and words the error)."""
+    front = msg.front
+    size = len(front)
+    if size < _SIMPLE_HEAD.size + _SIMPLE_SNAPC.size + _OP_HEAD.size + _OP_TAIL.size:
+        return None
+    ctype, cnum, inc, epoch, pool, flags, snapid, attempt, olen = _SIMPLE_HEAD.unpack_from(
+        front, 0)
+    pos = _SIMPLE_HEAD.size + olen
+    if olen > MAX_OID or pos + _SIMPLE_SNAPC.size + _OP_HEAD.size > size:
+        return None
+    seq, nsnaps, nops = _SIMPLE_SNAPC.unpack_from(front, pos)
+    pos += _SIMPLE_SNAPC.size
+    if nsnaps or nops != 1:
+        return None
+    opcode, oflags = _OP_HEAD.unpack_from(front, pos)
+    cls = _OPS.get(opcode)
+    if cls is None or oflags or cls.TRAIL_LIMITS:
+        return None
+    fixed_st = cls.FIXED
+    pos += _OP_HEAD.size
+    if pos + fixed_st.size + _OP_TAIL.size != size:
+        return None
+    fixed = fixed_st.unpack_from(front, pos)
+    bulk_len, n_items = _OP_TAIL.unpack_from(front, pos + fixed_st.size)
+    if n_items or (bulk_len and not cls.BULK_IN):
+        return None
+    bulk: list[memoryview] = []
+    if msg.data is not None or msg.trail is not None:
+        total = 0
+        for seg in msg.data_segments():
+            if len(seg):
+                mv = _view(seg)
+                bulk.append(mv)
+                total += len(mv)
+        if total != bulk_len:
+            return None
+    elif bulk_len:
+        return None
+    try:
+        oid = str(front[_SIMPLE_HEAD.size:_SIMPLE_HEAD.size + olen], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    try:
+        op = cls.from_wire(fixed, bulk, [])
+    except OpDecodeError:
+        return None
+    snapc = (seq, []) if flags & FLAG_WRITE or seq else None
+    return OSDRequest(msg.tid, EntityName(ctype, cnum), inc, epoch, pool, oid, flags, snapc,
+                      snapid, attempt, [op])
+
+
 def decode_request(msg: Message) -> OSDRequest:
     """Decode a request. Write payloads become views of the received data section (any
     segmentation, no copy); trail items become small bytes/str. Raises OpDecodeError."""
+    req = _decode_simple(msg)
+    return req if req is not None else _decode_general(msg)
+
+
+def _decode_general(msg: Message) -> OSDRequest:
     tid = msg.tid
     try:
         r = _Reader(msg.front)
