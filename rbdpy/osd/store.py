@@ -328,8 +328,15 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
-def _pwritev_all(fd: int, iov: list, pos: int) -> None:
-    """pwritev the whole buffer list, chunked by IOV_MAX, continuing after short writes."""
+def _pwritev_all(fd: int, iov: list, pos: int, total: int = -1) -> None:
+    """pwritev the whole buffer list, chunked by IOV_MAX, continuing after short writes.
+    ``total``, when the caller knows it, is the byte count (the common case is then one
+    call and one comparison)."""
+    if total >= 0 and len(iov) <= _IOV_MAX:
+        n = os.pwritev(fd, iov, pos)
+        if n == total:
+            return
+        iov, pos = _after(iov, n), pos + n
     while iov:
         chunk = iov[:_IOV_MAX]
         want = sum(len(b) for b in chunk)
@@ -348,6 +355,15 @@ def _pwritev_all(fd: int, iov: list, pos: int) -> None:
             rest = [memoryview(b)[n:], *chunk[i + 1:]]
             break
         iov = rest + iov[_IOV_MAX:]
+
+
+def _after(iov: list, n: int) -> list:
+    """What is left of a buffer list after its first ``n`` bytes were written."""
+    for i, b in enumerate(iov):
+        if n < len(b):
+            return [memoryview(b)[n:], *iov[i + 1:]]
+        n -= len(b)
+    return []
 
 
 def _fsync_dir(path: str) -> None:
@@ -829,6 +845,7 @@ class ObjectStore:
         mutates = False
         edges: set[int] = set()
         prealloc: list[tuple[int, int]] = []
+        big = False  # a write large enough to maybe go the direct way
 
         def edge(b: int) -> None:
             if not fresh and b < pre_nb:
@@ -882,6 +899,8 @@ class ObjectStore:
                     exists = True
                 if n:
                     b0, b1 = off // bs, (end - 1) // bs
+                    if n >= self.direct_write_min:
+                        big = True
                     if off % bs:
                         edge(b0)
                     if end % bs and end < size:
@@ -962,7 +981,7 @@ class ObjectStore:
                 if b * bs < obj.size and obj.alloc[b]:
                     prepared[b] = self._verified_block(oid, obj, b)
         direct = False
-        if self.direct_write_min:
+        if self.direct_write_min and big:
             data_ops = [i for i, o in enumerate(ops) if o[0] in (_WRITE, _ZERO, _TRUNCATE,
                                                                    _DELETE)]
             if len(data_ops) == 1 and ops[data_ops[0]][0] == _WRITE:
@@ -994,6 +1013,10 @@ class ObjectStore:
         for b0, b1 in ranges:
             if obj is None or b0 >= len(obj.alloc):
                 todo.append((b0, b1))
+                continue
+            if b0 == b1:  # the common small write: one block, no numpy temporaries
+                if not obj.alloc[b0]:
+                    todo.append((b0, b0))
                 continue
             seg = obj.alloc[b0:b1 + 1]
             if len(seg) == b1 - b0 + 1 and seg.all():
@@ -1050,7 +1073,7 @@ class ObjectStore:
         hdr += struct.pack("<I", crc32c(hdr))
         pos = self._jpos
         try:
-            _pwritev_all(self._jfd, [hdr, *iov], pos)
+            _pwritev_all(self._jfd, [hdr, *iov], pos, _J_HDR_LEN + total)
         except OSError as e:
             try:
                 os.ftruncate(self._jfd, pos)
@@ -1146,6 +1169,17 @@ class ObjectStore:
         bs = self._bs
         obj = st.obj
         end = off + n
+        if n == bs and not off % bs and len(segs) == 1:  # one whole block: the usual 4 KiB
+            b = off // bs
+            obj.reserve(b + 1)
+            if st.bc or st.prepared:
+                self._forget(st, b, b)
+            self._write_blocks(oid, st, b, segs, 1)
+            obj.crcs[b] = crc32c(segs[0])
+            obj.alloc[b] = True
+            if end > obj.size:
+                obj.size = end
+            return
         b0, b1 = off // bs, (end - 1) // bs
         obj.reserve(b1 + 1)
         iov: list = []
@@ -1178,7 +1212,7 @@ class ObjectStore:
             _copy_into(blk, 0, segs, pos, n)
             iov.append(blk)
             crcs.append(crc32c(blk))
-        self._write_blocks(oid, st, b0, iov)
+        self._write_blocks(oid, st, b0, iov, b1 - b0 + 1)
         if b0 == b1:
             obj.crcs[b0] = crcs[0]
             obj.alloc[b0] = True
@@ -1208,7 +1242,7 @@ class ObjectStore:
                 lo = max(off, b * bs) - b * bs
                 hi = min(end, (b + 1) * bs) - b * bs
                 blk[lo:hi] = self._zero[: hi - lo]
-                self._write_blocks(oid, st, b, [blk])
+                self._write_blocks(oid, st, b, [blk], 1)
                 obj.crcs[b] = crc32c(blk)
         if f0 <= f1:
             f1c = min(f1, len(obj.alloc) - 1)
@@ -1218,9 +1252,10 @@ class ObjectStore:
                 obj.alloc[f0:f1c + 1] = False
             self._forget(st, f0, f1)
 
-    def _write_blocks(self, oid: str, st: _TxnState, b0: int, iov: list) -> None:
-        """pwritev whole blocks starting at block b0. During replay, blocks that a later
-        direct write fills are skipped: the file already holds that later data."""
+    def _write_blocks(self, oid: str, st: _TxnState, b0: int, iov: list, nblocks: int
+                      ) -> None:
+        """pwritev ``nblocks`` whole blocks starting at block b0. During replay, blocks that
+        a later direct write fills are skipped: the file already holds that later data."""
         bs = self._bs
         prot = self._protect.get(oid) if st.replay and self._protect else None
         if prot:
@@ -1234,7 +1269,7 @@ class ObjectStore:
                         _pwritev_all(fd, [mv[i:i + bs]], b * bs)
                     b += 1
             return
-        _pwritev_all(self._fd(oid), iov, b0 * bs)
+        _pwritev_all(self._fd(oid), iov, b0 * bs, nblocks * bs)
 
     def _punch_range(self, oid: str, off: int, length: int) -> None:
         if not self._punch:
@@ -1262,7 +1297,7 @@ class ObjectStore:
                     blk[new % bs:] = self._zero[: bs - new % bs]
                     obj.crcs[p] = crc32c(blk)
                     if st.replay:
-                        self._write_blocks(oid, st, p, [blk])
+                        self._write_blocks(oid, st, p, [blk], 1)
             if not st.replay:  # replay truncates at the end (later direct data lives there)
                 os.ftruncate(self._fd(oid), new)
         else:
