@@ -13,42 +13,68 @@ import pytest
 
 
 class OSDProc:
+    """One ``rbdpy osd`` process on a free 127.0.0.1 port with its data in ``data``; it can
+    be stopped (or killed) and started again on the same data and port. Signals go to its own
+    PID only; its stdout and stderr are appended to ``log``."""
+
     def __init__(self, data: Path, osd_id: int = 0) -> None:
         self.data = data
         self.osd_id = osd_id
+        self.log = data.parent / f"{data.name}.log"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.proc: subprocess.Popen | None = None
+        self.starts = 0
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rbdpy.cli", "--log-level", "info", "osd", "--id",
-             str(self.osd_id), "--data", str(self.data), "--listen", f"127.0.0.1:{self.port}"],
-            stderr=open(self.data.parent / "osd.log", "ab"))  # noqa: SIM115
-        deadline = time.monotonic() + 20
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start, and return once the port accepts connections."""
+        assert not self.running, "already running"
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rbdpy.cli", "--log-level", "info", "osd", "--id",
+                 str(self.osd_id), "--data", str(self.data), "--listen",
+                 f"127.0.0.1:{self.port}"],
+                stdout=logf, stderr=logf)
+        self.starts += 1
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return
             except OSError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, "osd died"
-                time.sleep(0.05)
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"osd exited with {self.proc.returncode}: "
+                                       f"{self.log_text()[-2000:]}") from None
+                if time.monotonic() > deadline:
+                    self.kill9()
+                    raise RuntimeError("osd did not start listening") from None
+                time.sleep(0.02)
 
     def kill9(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status (SIGKILL if it does not stop in time)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
-"""crc32c: the fast library against crcmod's reference, incrementally and over views."""
+"""crc32c (rbdpy/crc.py): the fast library against crcmod's reference, incrementally, mixed
+mid-stream, and over views of every buffer kind."""
 
 from __future__ import annotations
+
+import random
 
 import numpy as np
 import pytest
@@ -35,18 +38,27 @@ def test_check_value(fn) -> None:  # noqa: ANN001
 def test_fast_matches_reference_split_anywhere(data: bytes, cuts: list[int], seed: int) -> None:
     whole = crc32c_reference(data)
     assert crc32c(data) == whole
-    # incremental over random split points, each piece a memoryview slice (no copy)
+    # incremental over random split points, each piece a memoryview slice (no copy) of a
+    # writable buffer
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    mv = memoryview(data)
+    mv = memoryview(bytearray(data))
+    pieces = [mv[a:b] for a, b in zip(points, points[1:])]
     fast = ref = 0
-    for a, b in zip(points, points[1:]):
-        fast = crc32c(mv[a:b], fast)
-        ref = crc32c_reference(mv[a:b], ref)
+    for p in pieces:
+        # each slice on its own, from 0, is the crc of its bytes
+        assert crc32c(p) == crc32c_reference(p) == crc32c_reference(bytes(p))
+        fast = crc32c(p, fast)
+        ref = crc32c_reference(p, ref)
     assert fast == ref == whole
-    assert crc32c_segments([mv[a:b] for a, b in zip(points, points[1:])]) == whole
+    assert crc32c_segments(pieces) == whole
+    # mixing the implementations mid-stream agrees too, whichever one starts
+    for first in (0, 1):
+        mixed = 0
+        for i, p in enumerate(pieces):
+            mixed = (crc32c if (i + first) % 2 else crc32c_reference)(p, mixed)
+        assert mixed == whole
     # a nonzero starting crc continues the same way in both
-    start = seed
-    assert crc32c(data, start) == crc32c_reference(data, start)
+    assert crc32c(data, seed) == crc32c_reference(data, seed)
 
 
 def test_buffer_kinds_accepted_without_copy() -> None:
@@ -62,13 +74,21 @@ def test_buffer_kinds_accepted_without_copy() -> None:
 
 
 def test_incremental_equals_whole_on_a_large_buffer() -> None:
-    data = np.random.default_rng(2).integers(0, 256, 4 << 20, dtype=np.uint8).tobytes()
+    rng = random.Random(1234)
+    data = rng.randbytes(4 << 20)
     mv = memoryview(data)
+    # fixed odd steps, then random steps (1 byte to past 64 KiB)
     crc = 0
     for off in range(0, len(data), 65_537):
         crc = crc32c(mv[off : off + 65_537], crc)
     assert crc == crc32c(data)
-    assert crc32c(data[:1 << 20]) == crc32c_reference(data[:1 << 20])
+    crc, pos = 0, 0
+    while pos < len(data):
+        n = rng.randint(1, 70_000)
+        crc = crc32c(mv[pos : pos + n], crc)
+        pos += n
+    assert crc == crc32c(data)
+    assert crc32c(data[: 1 << 20]) == crc32c_reference(data[: 1 << 20])
 
 
 def test_a_single_bit_flip_changes_the_crc() -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import struct
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -17,11 +16,8 @@ from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
 from rbdpy.osd import ops as O
 from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
 
-_spec = importlib.util.spec_from_file_location(
-    "osd_conftest", Path(__file__).parent.parent / "osd" / "conftest.py")
-_osd = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(_osd)  # type: ignore[union-attr]
-OSDHandle = _osd.OSDHandle
+if TYPE_CHECKING:
+    from tests.conftest import OSDProc
 
 POOL = 1
 BS = 4096
@@ -30,13 +26,11 @@ ATTEMPT_AT = O._REQ_HEAD.size - 4  # the request head ends with the attempt (u32
 
 
 @pytest.fixture
-def osd(tmp_path: Path):  # noqa: ANN201
-    h = OSDHandle(tmp_path / "osd0")
-    h.start()
-    try:
-        yield h
-    finally:
-        h.terminate(timeout=15)
+def osd(osd_process):  # noqa: ANN001, ANN201
+    """A running OSD from ``osd_process`` (tests/conftest.py), stopped by PID at teardown."""
+    o = osd_process()
+    o.start()
+    return o
 
 
 def osdmap(port: int) -> OSDMap:
@@ -51,13 +45,13 @@ def dir_add(i: int) -> O.Call:
     return O.Call("rbd", "dir_add", json.dumps({"name": f"img{i}", "id": f"id{i}"}).encode())
 
 
-async def restart_in_thread(h: OSDHandle) -> None:
+async def restart_in_thread(h: OSDProc) -> None:
     """kill -9 and start again on the same port, while the client keeps running."""
     h.kill9()
     await trio.to_thread.run_sync(h.start)
 
 
-async def test_inflight_writes_complete_once_across_kill9_restarts(osd: OSDHandle) -> None:
+async def test_inflight_writes_complete_once_across_kill9_restarts(osd: OSDProc) -> None:
     """Every write submitted around two kill -9 + restarts completes, exactly once.
 
     Each vector adds a name to an rbd directory object (applying it twice fails with EEXIST)
@@ -145,7 +139,7 @@ async def test_inflight_writes_complete_once_across_kill9_restarts(osd: OSDHandl
 
 
 async def test_requests_submitted_while_the_osd_is_down_complete_after_it_starts(
-        osd: OSDHandle) -> None:
+        osd: OSDProc) -> None:
     obj = Objecter(osdmap(osd.port))
     async with Messenger(obj.me, obj, backoff=(0.01, 0.05)) as m:
         obj.attach(m)
@@ -172,7 +166,7 @@ async def test_requests_submitted_while_the_osd_is_down_complete_after_it_starts
 
 
 async def test_resent_request_is_answered_not_reapplied_even_after_a_crash(
-        osd: OSDHandle) -> None:
+        osd: OSDProc) -> None:
     """Same client incarnation and tid, higher attempt: the OSD recognizes it, before and
     after a kill -9 (the request id is persisted with the mutation)."""
     me = EntityName(ENTITY_CLIENT, 4242)

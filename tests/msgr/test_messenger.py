@@ -1,5 +1,10 @@
-"""The trio Messenger over real loopback sockets: TCP and unix, a cutting proxy, garbage
-peers, in-place receives, and a server restart. Every test runs under ``trio.fail_after``."""
+"""rbdpy/msgr/messenger.py: the trio driver over real sockets (127.0.0.1 and unix).
+
+Request/reply traffic over TCP and unix sockets, two clients, a proxy that cuts (and resets)
+connections, in-place receives on both sides, garbage peers, server and client restarts,
+keepalive and close, a lossy session, and producer flow control. Every test runs under
+``trio.fail_after``; every server listens on loopback only.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,14 @@ import trio.testing
 
 from rbdpy.crc import crc32c
 from rbdpy.msgr.connection import Connection, Limits, Session
-from rbdpy.msgr.message import EntityName, Message, MsgHeader, encode_header
+from rbdpy.msgr.message import (
+    HEADER,
+    HEADER_CRC,
+    EntityName,
+    Message,
+    MsgHeader,
+    encode_header,
+)
 from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
 from rbdpy.msgr.payload import BioChain, Pagelist
 
@@ -47,6 +59,10 @@ class Server:
     peers: set = field(default_factory=set)
     resets: list = field(default_factory=list)
     peer_resets: list = field(default_factory=list)
+    headers: list[MsgHeader] = field(default_factory=list)
+
+    def alloc(self, peer: EntityName | None, h: MsgHeader) -> None:
+        self.headers.append(h)  # and no buffer offered: the messenger allocates
 
     async def dispatch(self, peer: Peer, msg: Message) -> None:
         if self.yield_in_dispatch:
@@ -59,7 +75,8 @@ class Server:
                           data=BioChain([reply_data(msg.tid)]), trail=trail))
 
     def dispatcher(self) -> SimpleDispatcher:
-        return SimpleDispatcher(self.dispatch, on_reset=lambda p, d: self.resets.append(d),
+        return SimpleDispatcher(self.dispatch, alloc_data=self.alloc,
+                                on_reset=lambda p, d: self.resets.append(d),
                                 on_peer_reset=self.peer_resets.append)
 
 
@@ -95,10 +112,21 @@ class Client:
 
 
 def request(tid: int, size: int) -> tuple[Message, tuple[int, int, bytes]]:
+    """A request and what the server must record of it. Every third one is sent as a
+    two-segment bio over separate buffers plus a trail (scatter-gather on the wire)."""
     data = rand_bytes(size, tid)
     front = b"req %d" % tid
-    return Message(type=REQ, tid=tid, front=front, data=BioChain([data])), (
-        tid, crc32c(data), front)
+    if tid % 3 == 0 and size >= 3:
+        cut = size // 3
+        bio = BioChain()
+        bio.append(bytearray(data[:cut]))
+        bio.append(bytearray(data[cut : 2 * cut]))
+        trail = Pagelist()
+        trail.append(data[2 * cut :])
+        msg = Message(type=REQ, tid=tid, front=front, data=bio, trail=trail)
+    else:
+        msg = Message(type=REQ, tid=tid, front=front, data=BioChain([data]))
+    return msg, (tid, crc32c(data), front)
 
 
 # ---- plain traffic --------------------------------------------------------------------------
@@ -131,6 +159,7 @@ async def test_many_messages_with_replies(transport: str, tmp_path: Path) -> Non
                 assert cli.replies == list(range(n))
                 assert all(cli.landed)
                 assert srv.peers == {CLI}
+                assert peer.conn is not None and peer.conn.open
                 assert not cli.resets and not srv.resets and not srv.peer_resets
                 await trio.testing.wait_all_tasks_blocked()
                 assert not peer.session.sent and not peer.session.unsent  # all acked
@@ -166,20 +195,31 @@ async def test_two_clients_share_a_server(tmp_path: Path) -> None:
 
 
 class ChaosProxy:
-    """Forwards bytes between a client and the real server, and after a random number of
-    bytes (both directions counted) closes both sockets, every time, for every connection."""
+    """Forwards bytes between a client and the real server (both on 127.0.0.1), and after a
+    random number of bytes (both directions counted; now and then inside the handshake)
+    closes both sockets, or resets them. Every connection, or only the first ``cuts``; then
+    it passes everything through."""
 
-    def __init__(self, target: tuple[str, int], seed: int) -> None:
+    def __init__(self, target: tuple[str, int], seed: int, cuts: int | None = None,
+                 max_budget: int = 1_500_000) -> None:
         self.target = target
         self.rnd = random.Random(seed)
+        self.cuts_left = cuts
+        self.max_budget = max_budget
         self.connections = 0
         self.cuts = 0
         self.forwarded = 0
 
-    def budget(self) -> int:
+    def budget(self) -> int | None:
+        """Bytes this connection may carry before it is cut (None: never cut)."""
+        if self.cuts_left is not None:
+            if self.cuts_left <= 0:
+                return None
+            self.cuts_left -= 1
         r = self.rnd
-        return r.choice([r.randint(1, 300), r.randint(300, 30_000),
-                         r.randint(30_000, 300_000), r.randint(300_000, 1_500_000)])
+        return min(self.max_budget, r.choice([
+            r.randint(0, 300), r.randint(300, 30_000), r.randint(30_000, 300_000),
+            r.randint(300_000, 1_500_000)]))
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -200,16 +240,15 @@ class ChaosProxy:
                        cancel: Callable[[], None]) -> None:
             nonlocal left
             try:
-                while left > 0:
+                while left is None or left > 0:
                     data = await src.receive_some(65536)
                     if not data:
                         break
-                    data = data[:left]
-                    left -= len(data)
+                    if left is not None:
+                        data = data[:left]
+                        left -= len(data)
                     self.forwarded += len(data)
                     await dst.send_all(data)
-                if left <= 0:
-                    self.cuts += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             cancel()
@@ -218,6 +257,8 @@ class ChaosProxy:
             cancel = nursery.cancel_scope.cancel
             nursery.start_soon(pipe, down, up, cancel)
             nursery.start_soon(pipe, up, down, cancel)
+        if left is not None and left <= 0:
+            self.cuts += 1
         for s in (down, up):
             if abort:  # a reset instead of an orderly close
                 s.socket.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER,
@@ -225,11 +266,12 @@ class ChaosProxy:
             s.socket.close()
 
 
-@pytest.mark.parametrize("seed, yield_in_dispatch", [(1, False), (2, True), (3, True)])
+@pytest.mark.parametrize("seed, yield_in_dispatch",
+                         [(1, False), (2, True), (3, True), (4, False), (5, True), (6, False)])
 async def test_exactly_once_in_order_through_a_cutting_proxy(
     seed: int, yield_in_dispatch: bool
 ) -> None:
-    n = 150
+    n = 300
     rnd = random.Random(seed)
     sizes = [rnd.choice([0, 10, 4096, 20_000, 70_000, 200_000]) for _ in range(n)]
     srv, cli = Server(yield_in_dispatch=yield_in_dispatch), Client(expect=n)
@@ -258,7 +300,7 @@ async def test_exactly_once_in_order_through_a_cutting_proxy(
                     client.shutdown()
                 nursery.cancel_scope.cancel()
             server.shutdown()
-    assert proxy.cuts >= 8, (proxy.cuts, proxy.connections)
+    assert proxy.cuts >= 30, (proxy.cuts, proxy.connections)
     assert srv.got == want  # every request exactly once, in order, intact
     assert cli.replies == list(range(n))  # every reply too
     assert all(cli.landed)
@@ -268,15 +310,28 @@ async def test_exactly_once_in_order_through_a_cutting_proxy(
 # ---- data lands in the caller's buffer ------------------------------------------------------
 
 
-async def test_reply_data_lands_in_the_readers_buffer() -> None:
-    """Like a read: the reader owns one buffer; each reply's data lands in its own slice."""
+async def test_data_lands_in_the_receivers_buffers_both_ways() -> None:
+    """Like a write and a read: a request's data lands in the server's buffer (alloc_data on
+    the accepting side), and the reply's in the reader's own buffer, each in its slice."""
     reader = bytearray(8 << 20)
+    inbox = bytearray(8 << 20)
     arr = np.frombuffer(reader, dtype=np.uint8)
     extent = 1 << 20
     results: dict[int, Message] = {}
+    requests: dict[int, Message] = {}
+    alloc_peers: set = set()
     done = trio.Event()
 
+    def request_data(tid: int, size: int) -> bytes:
+        return rand_bytes(size, 500 + tid)
+
+    def server_alloc(peer: EntityName | None, h: MsgHeader) -> list[memoryview]:
+        alloc_peers.add(peer)
+        base = h.tid * extent
+        return [memoryview(inbox)[base : base + h.data_len]]
+
     async def serve(peer: Peer, msg: Message) -> None:
+        requests[msg.tid] = msg
         size = struct.unpack("<I", msg.front)[0]
         peer.send(Message(type=REPLY, tid=msg.tid, data=BioChain([rand_bytes(size, msg.tid)])))
 
@@ -291,16 +346,20 @@ async def test_reply_data_lands_in_the_readers_buffer() -> None:
 
     sizes = [1, 100, 4096, 8192, 65_536, 300_000, 1 << 20, 777_777]
     with trio.fail_after(8):
-        async with Messenger(SRV, SimpleDispatcher(serve)) as server:
+        async with Messenger(SRV, SimpleDispatcher(serve, alloc_data=server_alloc)) as server:
             addr = await server.listen()
             async with Messenger(CLI, SimpleDispatcher(got, alloc_data=alloc), **FAST) as c:
                 peer = c.connect(addr)
                 for tid, size in enumerate(sizes):
-                    peer.send(Message(type=REQ, tid=tid, front=struct.pack("<I", size)))
+                    peer.send(Message(type=REQ, tid=tid, front=struct.pack("<I", size),
+                                      data=BioChain([request_data(tid, size)])))
                 await done.wait()
                 c.shutdown()
             server.shutdown()
-        assert c.copied_bytes < sum(sizes) // 4  # big data was received in place, not copied
+        # big data was received in place, not copied, on both sides
+        assert c.copied_bytes < sum(sizes) // 4
+        assert server.copied_bytes < sum(sizes) // 4
+    assert alloc_peers == {CLI}
     for tid, size in enumerate(sizes):
         base = tid * extent
         want = rand_bytes(size, tid)
@@ -311,6 +370,11 @@ async def test_reply_data_lands_in_the_readers_buffer() -> None:
         for seg in msg.data.segments():
             assert seg.obj is reader
             assert np.shares_memory(np.frombuffer(seg, dtype=np.uint8), arr)
+        sent = request_data(tid, size)
+        assert bytes(inbox[base : base + size]) == sent
+        assert not any(inbox[base + size : base + extent])
+        assert requests[tid].data_bytes() == sent
+        assert all(seg.obj is inbox for seg in requests[tid].data.segments())
 
 
 # ---- garbage peers --------------------------------------------------------------------------
@@ -342,17 +406,25 @@ async def _dropped(stream: trio.SocketStream) -> bool:
     return True
 
 
-def _huge(data_len: int) -> bytes:
-    m = Message(type=REQ, seq=1)
-    m.data = BioChain()
-    m.data.length = data_len  # only claimed by the header
-    return b"\x08" + encode_header(m, EntityName(1, 50))
+def _huge(data: int = 0, front: int = 0) -> bytes:
+    """A message frame's tag and header, crc and all, claiming bytes that never come."""
+    body = HEADER.pack(1, 0, REQ, 0, 0, front, 0, data, 0, 1, 50)
+    return b"\x08" + body + HEADER_CRC.pack(crc32c(body))
+
+
+async def _junk(addr: tuple[str, int], data: bytes, *, eof: bool = False) -> None:
+    """Connect, send ``data`` (and EOF), and wait until the server drops the connection."""
+    s = await trio.open_tcp_stream(*addr)
+    await s.send_all(data)
+    if eof:
+        await s.send_eof()
+    assert await _dropped(s)
 
 
 async def test_garbage_peers_are_dropped_and_others_keep_working() -> None:
     srv = Server()
     cli = Client(expect=10**9)
-    limits = Limits(max_data=1 << 20)
+    limits = Limits(max_data=1 << 20, max_front=1 << 16)
     with trio.fail_after(8):
         async with Messenger(SRV, srv.dispatcher(), limits=limits) as server:
             addr = await server.listen()
@@ -373,10 +445,12 @@ async def test_garbage_peers_are_dropped_and_others_keep_working() -> None:
                 good_conn = peer.conn
                 assert good_conn is not None and good_conn.open
 
-                # 1: not our protocol at all
-                s = await trio.open_tcp_stream(*addr)
-                await s.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert await _dropped(s)
+                # 1: not our protocol at all; our banner, then a connect that is all 0xff
+                # (an auth length over the limit), or all zeros (a connect from entity 0.0,
+                # then zero bytes: unknown tag 0)
+                await _junk(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                await _junk(addr, b"rbdpy\x00v1" + b"\xff" * 200)
+                await _junk(addr, b"rbdpy\x00v1" + bytes(10_000))
                 await roundtrip()
 
                 # 2: a valid handshake, then a header whose crc is wrong
@@ -387,20 +461,26 @@ async def test_garbage_peers_are_dropped_and_others_keep_working() -> None:
                 assert await _dropped(s)
                 await roundtrip()
 
-                # 3: a valid header (crc and all) claiming 60 MiB of data over a 1 MiB limit
-                s = await _raw_handshake(addr, EntityName(1, 51))
-                await s.send_all(_huge(60 << 20) + bytes(10_000))
-                assert await _dropped(s)
+                # 3: valid headers (crc and all) claiming lengths over the limits: 60 MiB and
+                # 4 GiB of data over a 1 MiB limit, a 60 MiB front over 64 KiB
+                for k, lie in enumerate(({"data": 60 << 20}, {"data": 0xFFFFFFFF},
+                                         {"front": 60 << 20})):
+                    s = await _raw_handshake(addr, EntityName(1, 51 + k))
+                    await s.send_all(_huge(**lie) + bytes(10_000))
+                    assert await _dropped(s)
                 await roundtrip()
 
-                # 4: an unknown frame tag after the handshake, and garbage mid-handshake
-                s = await _raw_handshake(addr, EntityName(1, 52))
+                # 4: an unknown frame tag after the handshake, random bytes after it, and
+                # garbage mid-handshake
+                s = await _raw_handshake(addr, EntityName(1, 60))
                 await s.send_all(b"\xee" * 64)
                 assert await _dropped(s)
-                s = await trio.open_tcp_stream(*addr)
-                await s.send_all(b"rbdpy\x00v1" + b"\xff" * 7)
-                await s.send_eof()
-                assert await _dropped(s)
+                rng = random.Random(8)
+                for k in range(5):
+                    s = await _raw_handshake(addr, EntityName(1, 70 + k))
+                    await s.send_all(bytes([rng.choice([0, 12, 200])]) + rng.randbytes(300))
+                    assert await _dropped(s)
+                await _junk(addr, b"rbdpy\x00v1" + b"\xff" * 7, eof=True)
                 await roundtrip()
 
                 # the good client never noticed: same connection, nothing reset or replayed
@@ -409,6 +489,9 @@ async def test_garbage_peers_are_dropped_and_others_keep_working() -> None:
                 assert [g[0] for g in srv.got] == list(range(tid))
                 assert srv.peers == {CLI}
                 assert not cli.resets and not srv.resets and not srv.peer_resets
+                # nothing was asked of alloc_data for the liars: only the good client's data
+                assert {h.src for h in srv.headers} == {CLI}
+                assert all(h.data_len <= limits.max_data for h in srv.headers)
                 client.shutdown()
             server.shutdown()
 
@@ -456,3 +539,149 @@ async def test_server_restart_reports_unacked_messages_to_on_reset() -> None:
                 server2.shutdown()
             client.shutdown()
     assert [g[0] for g in srv1.got] == list(range(20))
+
+
+async def test_client_restart_gives_server_on_peer_reset() -> None:
+    srv = Server()
+    with trio.fail_after(8):
+        async with Messenger(SRV, srv.dispatcher()) as server:
+            addr = await server.listen()
+            cli1 = Client(expect=1)
+            async with Messenger(CLI, cli1.dispatcher(), **FAST) as c1:
+                c1.connect(addr).send(request(0, 100)[0])
+                await cli1.done.wait()
+                c1.shutdown()
+            assert srv.peer_resets == []
+            # the same entity name, a new incarnation (nonce): the old session is stale
+            cli2 = Client(expect=1)
+            async with Messenger(CLI, cli2.dispatcher(), **FAST) as c2:
+                assert c2.nonce != c1.nonce
+                c2.connect(addr).send(request(1, 100)[0])
+                await cli2.done.wait()
+                c2.shutdown()
+            server.shutdown()
+    assert len(srv.peer_resets) == 1
+    assert [g[0] for g in srv.got] == [0, 1]
+    assert cli2.replies == [1] and cli2.resets == []
+
+
+# ---- keepalive, close, lossy sessions -------------------------------------------------------
+
+
+async def test_keepalive_over_socket_and_close() -> None:
+    srv = Server()
+    cli = Client(expect=1)
+    with trio.fail_after(8):
+        async with Messenger(SRV, srv.dispatcher(), keepalive_interval=0.01) as server:
+            addr = await server.listen()
+            async with Messenger(CLI, cli.dispatcher(), keepalive_interval=0.01,
+                                 **FAST) as client:
+                peer = client.connect(addr)
+                peer.send(request(5, 100)[0])
+                await cli.done.wait()
+                await trio.sleep(0.1)  # lets several keepalives flow; nothing asserted on time
+                assert peer.conn is not None and peer.conn.open
+                peer.close()
+                while server.incoming:  # the server forgets the closed session
+                    await trio.sleep(0.001)
+                with pytest.raises(ConnectionError):
+                    peer.send(request(6, 100)[0])
+                client.shutdown()
+            server.shutdown()
+    assert [g[0] for g in srv.got] == [5]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_lossy_session_through_chaos_at_most_once_and_reported(seed: int) -> None:
+    """Lossy: nothing is replayed, so every request is dispatched at most once, in order,
+    and each one that was not acknowledged is handed back through on_reset."""
+    n = 200
+    srv = Server()
+    cli = Client(expect=n)
+    dropped: list[int] = []
+    with trio.fail_after(10):
+        async with Messenger(SRV, srv.dispatcher()) as server:
+            target = await server.listen()
+            async with trio.open_nursery() as nursery:
+                proxy = ChaosProxy(target, seed, cuts=20, max_budget=100_000)
+                paddr = await nursery.start(proxy.run)
+                disp = SimpleDispatcher(
+                    cli.dispatch, alloc_data=cli.alloc,
+                    on_reset=lambda peer, msgs: dropped.extend(m.tid for m in msgs))
+                async with Messenger(CLI, disp, lossy=True, **FAST) as client:
+                    peer = client.connect(paddr)
+
+                    def settled() -> set[int]:
+                        return {g[0] for g in srv.got} | set(dropped)
+
+                    for i in range(n):
+                        # a window of 8 requests in flight, so the cuts fall all along the run
+                        while len(settled()) < i - 8:
+                            await trio.sleep(0.001)
+                        peer.send(request(i, [0, 17, 4096, 9000, 70_000][i % 5])[0])
+                    # every request ends up dispatched by the server or handed back to us
+                    while settled() != set(range(n)):
+                        await trio.sleep(0.001)
+                    client.shutdown()
+                nursery.cancel_scope.cancel()
+            server.shutdown()
+    got = [g[0] for g in srv.got]
+    assert len(got) == len(set(got)), "a request was dispatched twice"
+    assert got == sorted(got)
+    assert cli.replies == sorted(cli.replies) and len(cli.replies) == len(set(cli.replies))
+    assert set(cli.replies) <= set(got) and all(cli.landed)
+    assert proxy.cuts >= 10 and dropped, (proxy.cuts, dropped)
+
+
+# ---- producer flow control ------------------------------------------------------------------
+
+
+async def test_wait_for_room_bounds_the_backlog_and_everything_arrives() -> None:
+    """Peer.wait_for_room: a producer is held back while its backlog is full, and released
+    as the peer's acks come in (no polling)."""
+    got: list[int] = []
+
+    async def on_msg(peer: Peer, msg: Message) -> None:
+        got.append(msg.tid)
+
+    payload = BioChain.from_buffer(bytearray(64 << 10))
+    with trio.fail_after(30):
+        async with Messenger(SRV, SimpleDispatcher(on_msg)) as server, \
+                Messenger(CLI, SimpleDispatcher(_ignore), **FAST) as client:
+            addr = await server.listen("127.0.0.1", 0)
+            peer = client.connect(addr)
+            worst = 0
+            for tid in range(300):
+                await peer.wait_for_room(4)
+                assert peer.session.backlog() < 4
+                peer.send(Message(type=7, tid=tid, data=payload))
+                worst = max(worst, peer.session.backlog())
+            while len(got) < 300:
+                await trio.sleep(0.01)
+            assert got == list(range(300))
+            assert worst <= 4
+            server.shutdown()
+            client.shutdown()
+
+
+async def test_wait_for_room_waits_while_the_peer_is_unreachable() -> None:
+    with stdsocket.socket() as s:  # a loopback port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    with trio.fail_after(30):
+        async with Messenger(CLI, SimpleDispatcher(_ignore), **FAST) as client:
+            peer = client.connect(("127.0.0.1", port))
+            for tid in range(3):
+                peer.send(Message(type=7, tid=tid))
+            await peer.wait_for_room(4)  # 3 queued: room for one more
+            peer.send(Message(type=7, tid=3))
+            with trio.move_on_after(0.3) as scope:
+                await peer.wait_for_room(4)
+            assert scope.cancelled_caught, "returned although nothing was acknowledged"
+            assert peer.session.backlog() == 4
+            client.shutdown()
+
+
+async def _ignore(peer: Peer, msg: Message) -> None:
+    pass

@@ -1,4 +1,4 @@
-"""Payload kinds: Pages, Pagelist, BioChain, and the SegmentCursor that walks them."""
+"""rbdpy/msgr/payload.py: Pages, Pagelist, BioChain, and the SegmentCursor that walks them."""
 
 from __future__ import annotations
 
@@ -69,23 +69,29 @@ def test_pagelist_encoders_and_exact_page_boundaries() -> None:
     pl.encode_u64(1 << 60)
     pl.encode_str("héllo")
     pl.encode_bytes(b"")
+    pl.encode_bytes(b"\x00\x01")
     raw = pl.tobytes()
     body = raw[PAGE_SIZE - 3 :]
     assert struct.unpack_from("<IBQI", body) == (0xDEADBEEF, 7, 1 << 60, len("héllo".encode()))
     assert body[17:23] == "héllo".encode()
-    assert body[23:] == b"\0\0\0\0"
+    assert body[23:] == b"\0\0\0\0" + b"\2\0\0\0\x00\x01"
     # exactly one full page: no empty extra page
     one = Pagelist()
     one.append(bytes(PAGE_SIZE))
     assert len(one.pages) == 1 and len(one.segments()) == 1
+    one.append(b"")
+    assert len(one.pages) == 1 and one.length == PAGE_SIZE
     one.append(b"\1")
     assert len(one.pages) == 2 and [len(s) for s in one.segments()] == [PAGE_SIZE, 1]
+    one.append(bytes(PAGE_SIZE - 1))  # the second page exactly full: still two
+    assert len(one.pages) == 2 and one.length == 2 * PAGE_SIZE
 
 
 def test_pagelist_release_and_reuse() -> None:
     pl = Pagelist()
     pl.append(_rand(3 * PAGE_SIZE + 5))
     old_pages = pl.pages
+    snapshot = [bytes(p) for p in old_pages]
     pl.release()
     assert pl.length == 0 and pl.pages == [] and pl.segments() == [] and pl.tobytes() == b""
     pl.append(b"again")
@@ -94,6 +100,8 @@ def test_pagelist_release_and_reuse() -> None:
     assert all(pl.pages[0] is not p for p in old_pages)  # a fresh page, the old ones dropped
     pl.append(b"!" * PAGE_SIZE)
     assert pl.length == 5 + PAGE_SIZE and len(pl.pages) == 2
+    # reuse writes only to its own pages: the released ones are untouched
+    assert [bytes(p) for p in old_pages] == snapshot
 
 
 def test_pagelist_accepts_views_and_numpy() -> None:
@@ -116,8 +124,10 @@ def test_biochain_segments_are_views_of_the_callers_buffer() -> None:
     bio.append(arr, 10, 1000)
     bio.append(buf, 19_000)  # to the end
     bio.append(buf, 50, 0)  # empty extents add no segment
-    assert bio.length == 5000 + 1000 + 1000
-    assert len(bio.segments()) == 3
+    bio.append(memoryview(buf)[6000:6010])  # a view is taken as it is
+    assert bio.length == 5000 + 1000 + 1000 + 10
+    assert len(bio.segments()) == 4
+    assert all(isinstance(s, memoryview) for s in bio.segments())
     segs = bio.segments()
     assert np.shares_memory(np.frombuffer(segs[0], np.uint8), np.frombuffer(buf, np.uint8))
     assert np.shares_memory(np.frombuffer(segs[1], np.uint8), arr)
@@ -128,7 +138,10 @@ def test_biochain_segments_are_views_of_the_callers_buffer() -> None:
     assert segs[1][0] == 42
     segs[2][0] = 7
     assert buf[19_000] == 7
-    assert bio.tobytes() == bytes(buf[100:5100]) + arr[10:1010].tobytes() + bytes(buf[19_000:])
+    buf[6005] = 0x5A
+    assert segs[3][5] == 0x5A
+    assert bio.tobytes() == (bytes(buf[100:5100]) + arr[10:1010].tobytes()
+                             + bytes(buf[19_000:]) + bytes(buf[6000:6010]))
 
 
 def test_biochain_from_buffer_and_bounds() -> None:
@@ -144,7 +157,9 @@ def test_biochain_from_buffer_and_bounds() -> None:
     # a multi-byte-format buffer is addressed in bytes
     words = np.arange(10, dtype=np.uint64)
     wb = BioChain.from_buffer(words, 8, 16)
-    assert wb.tobytes() == words[1:3].tobytes()
+    assert wb.length == 16 and wb.tobytes() == words[1:3].tobytes()
+    wb.segments()[0][0] = 0xAB  # still a view: the write lands in the caller's words
+    assert words[1] == 0xAB
 
 
 # ---- Pages ---------------------------------------------------------------------------------
@@ -159,6 +174,8 @@ def test_pages_with_offset(offset: int, length: int) -> None:
     assert sum(len(s) for s in segs) == length
     if length:
         assert len(segs[0]) == min(length, PAGE_SIZE - offset)
+    else:
+        assert segs == []
     # fill through the segments and read back from the pages themselves
     data = _rand(length, seed=offset + length)
     pos = 0

@@ -51,8 +51,8 @@ async def expect_err(err: int, coro) -> None:  # noqa: ANN001
 # ---- every op -------------------------------------------------------------------------------
 
 
-async def test_every_op(osd_proc) -> None:  # noqa: ANN001
-    port, _data, _h = osd_proc
+async def test_every_op(osd) -> None:  # noqa: ANN001
+    port = osd.port
     async with client(port) as obj:
         s = POOL
         # create / exclusive create
@@ -161,8 +161,8 @@ async def test_every_op(osd_proc) -> None:  # noqa: ANN001
         await obj.flush()
 
 
-async def test_failing_guard_leaves_the_whole_vector_unapplied(osd_proc) -> None:  # noqa: ANN001
-    port, _data, _h = osd_proc
+async def test_failing_guard_leaves_the_whole_vector_unapplied(osd) -> None:  # noqa: ANN001
+    port = osd.port
     async with client(port) as obj:
         await obj.submit(POOL, "g", [O.Write(0, b"before" * 1000), O.SetXattr("k", b"v")],
                          write=True)
@@ -270,8 +270,8 @@ class CrashModel:
                     assert w == 0 or w in self.written[(o, b)]
 
 
-async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd_proc) -> None:  # noqa: ANN001
-    port, _data, h = osd_proc
+async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd) -> None:  # noqa: ANN001
+    port, h = osd.port, osd
     model = CrashModel(3, 48)
     for seed in range(3):
         await model.crash_round(port, h, seed)
@@ -282,14 +282,14 @@ async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd_proc) -> None:  
     assert len(model.flushed) > model.nobj * model.nblk // 2
 
 
-async def test_flipped_byte_is_eio_and_other_objects_still_served(osd_proc) -> None:  # noqa: ANN001
-    port, data, h = osd_proc
+async def test_flipped_byte_is_eio_and_other_objects_still_served(osd) -> None:  # noqa: ANN001
+    port, data, h = osd.port, osd.data, osd
     blocks = [bytes([65 + i]) * BS for i in range(3)]
     async with client(port) as obj:
         await obj.submit(POOL, "victim", [O.Write(0, b"".join(blocks))], write=True)
         await obj.submit(POOL, "other", [O.Write(0, b"B" * 100)], write=True)
         await obj.flush()
-    assert h.terminate() == 0
+    assert h.stop() == 0
     files = [p for p in (data / "store" / "objects").rglob("*")
              if p.is_file() and "victim" in p.name]
     assert len(files) == 1
@@ -313,13 +313,13 @@ async def test_flipped_byte_is_eio_and_other_objects_still_served(osd_proc) -> N
     assert h.running
 
 
-async def test_sigterm_commits_and_exits_zero(osd_proc) -> None:  # noqa: ANN001
-    port, _data, h = osd_proc
+async def test_sigterm_commits_and_exits_zero(osd) -> None:  # noqa: ANN001
+    port, h = osd.port, osd
     payload = {i: os.urandom(BS + i) for i in range(40)}
     async with client(port) as obj:
         for i, d in payload.items():  # acked (applied), no flush
             await obj.submit(POOL, f"t{i}", [O.Write(i, d)], write=True)
-        assert h.terminate() == 0
+        assert h.stop() == 0
     assert "osd stopped cleanly" in h.log_text()
     h.start()
     async with client(port) as obj:
@@ -330,8 +330,8 @@ async def test_sigterm_commits_and_exits_zero(osd_proc) -> None:  # noqa: ANN001
 # ---- malformed requests ---------------------------------------------------------------------
 
 
-async def test_malformed_requests_get_error_replies(osd_proc) -> None:  # noqa: ANN001
-    port, _data, h = osd_proc
+async def test_malformed_requests_get_error_replies(osd) -> None:  # noqa: ANN001
+    port, h = osd.port, osd
     replies: dict[int, Message] = {}
     arrived = trio.Event()
 
@@ -392,8 +392,8 @@ async def test_malformed_requests_get_error_replies(osd_proc) -> None:  # noqa: 
 # ---- concurrency ----------------------------------------------------------------------------
 
 
-async def test_concurrent_unaligned_writes_lose_no_update(osd_proc) -> None:  # noqa: ANN001
-    port, _data, _h = osd_proc
+async def test_concurrent_unaligned_writes_lose_no_update(osd) -> None:  # noqa: ANN001
+    port = osd.port
     rnd = random.Random(7)
     size = 600_000
     # non-overlapping: a random partition of [0, size) written by two clients at once

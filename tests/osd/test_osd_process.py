@@ -20,13 +20,6 @@ from rbdpy.testing import run_with_objecter
 POOL = 1
 
 
-@pytest.fixture
-def osd(osd_process):  # noqa: ANN001, ANN201
-    o = osd_process()
-    o.start()
-    return o
-
-
 def with_objecter(port: int, fn):  # noqa: ANN001, ANN201
     return run_with_objecter(port, fn)
 
