@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from rbdpy.crc import crc32c
+from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
 from rbdpy.msgr.message import (
     FOOTER,
     FOOTER_LEN,
@@ -226,6 +227,7 @@ class Connection:
         global_seq: int = 1,
         crc: bool = True,
         auth: bytes = b"",
+        pool: BufferPool | None = None,
     ) -> None:
         if client and session is None:
             raise ValueError("a connecting side needs its session")
@@ -241,6 +243,8 @@ class Connection:
         self.global_seq = global_seq
         self.crc = crc
         self.auth = auth
+        self.pool = pool
+        self._pool_token: int | None = None
         self.open = False
         self.faulted: str | None = None
         self.peer: EntityName | None = session.peer if session else None
@@ -442,6 +446,10 @@ class Connection:
             return
         self.faulted = reason
         self.open = False
+        if self._pool_token is not None and self.pool is not None:
+            # the message will never be whole; the pool sees our views and just drops it
+            self.pool.give_back(self._pool_token)
+            self._pool_token = None
         s = self.session
         if s is not None and s.lossy and s.owner is self:
             # lossy: nothing is replayed, so everything not yet answered is the caller's to redo
@@ -702,6 +710,11 @@ class Connection:
                 segs = [_view(s) for s in segs]  # lengths in bytes, whatever the item format
             if segs is not None and sum(len(s) for s in segs) >= n:
                 payload = BioChain(_clip(segs, n))
+            elif self.pool is not None and n >= POOL_MIN:
+                # no destination offered: a pooled buffer (see BufferPool), handed back
+                # by the driver once the message is dispatched
+                self._pool_token, view = self.pool.take(n)
+                payload = BioChain([view])
             else:
                 # no destination offered (or too small): one fresh buffer, bounded by
                 # max_data; contiguous so it is filled by a few large recv_into calls
@@ -725,6 +738,7 @@ class Connection:
             if self._data_crc != data_crc:
                 raise ProtocolError(f"bad data crc (seq {h.seq})")
         self._expect(_S_TAG, 1)
+        self._data_cursor = None  # its views would pin a pooled buffer
         if self._skip:
             self._skip = False
             return
@@ -734,6 +748,7 @@ class Connection:
             tid=h.tid, priority=h.priority, version=h.version, data_off=h.data_off,
             seq=h.seq, src=h.src,
         )
+        msg._pool_token, self._pool_token = self._pool_token, None
         self._data_payload = None
         self._events.append(MessageReceived(msg))
 

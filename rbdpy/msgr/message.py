@@ -88,6 +88,8 @@ class Message:
     # cached wire encoding (tag+header, footer): computed once, reused for replays
     _wire_head: bytes | None = field(default=None, repr=False)
     _wire_foot: bytes | None = field(default=None, repr=False)
+    # receive side: the BufferPool token of the data buffer, if the messenger lent one
+    _pool_token: int | None = field(default=None, repr=False)
 
     @property
     def data_len(self) -> int:

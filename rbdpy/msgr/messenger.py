@@ -18,6 +18,7 @@ from typing import Protocol
 
 import trio
 
+from rbdpy.msgr.bufferpool import BufferPool
 from rbdpy.msgr.connection import (
     Closed,
     Connection,
@@ -142,6 +143,7 @@ class Messenger:
         self.outgoing: dict[Address, Peer] = {}
         self.listeners: list[trio.SocketListener] = []
         self.copied_bytes = 0
+        self.rx_pool = BufferPool()
         self._global_seq = 0
         # dispatch outlives the connection that read the message (see _dispatch_events)
         self._dispatch_scopes: set[trio.CancelScope] = set()
@@ -260,7 +262,7 @@ class Messenger:
         conn = Connection(
             self.me, self.nonce, client=client, session=session,
             registry=None if client else self.registry, alloc_data=alloc, limits=self.limits,
-            global_seq=self._global_seq, crc=self.crc, auth=self.auth,
+            global_seq=self._global_seq, crc=self.crc, auth=self.auth, pool=self.rx_pool,
         )
         holder.append(conn)
         return conn
@@ -381,7 +383,12 @@ class Messenger:
         d = self.dispatcher
         for ev in events:
             if isinstance(ev, MessageReceived):
-                await d.dispatch(state.peer, ev.msg)  # type: ignore[arg-type]
+                msg, ev.msg = ev.msg, None  # type: ignore[assignment]
+                token = msg._pool_token
+                await d.dispatch(state.peer, msg)  # type: ignore[arg-type]
+                if token is not None:
+                    del msg  # if the dispatcher kept nothing, its buffer is free again
+                    self.rx_pool.give_back(token)
             elif isinstance(ev, HandshakeDone):
                 state.opened = True
                 peer = state.peer
