@@ -45,11 +45,16 @@ class PoolInfo:
     pg_num: int = 64
 
 
+_TARGET_CACHE = 1 << 16
+
+
 @dataclass
 class OSDMap:
     epoch: int = 1
     osds: dict[int, OSDInfo] = field(default_factory=dict)
     pools: dict[int, PoolInfo] = field(default_factory=dict)
+    _targets: dict[tuple[int, str], tuple[int, tuple[int, ...]]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def pool_by_name(self, name: str) -> PoolInfo:
         for p in self.pools.values():
@@ -73,6 +78,17 @@ class OSDMap:
         return [osd_id for _, osd_id in draws[:size]]
 
     def object_target(self, pool: int, oid: str) -> tuple[int, list[int]]:
-        """(pg, acting OSD ids) for an object; the objecter sends to acting[0]."""
-        pg = self.object_pg(pool, oid)
-        return pg, self.pg_acting(pool, pg)
+        """(pg, acting OSD ids) for an object; the objecter sends to acting[0].
+
+        Memoized per map (maps are not edited once in use: a change is a new epoch, a new
+        object): placement hashes the name and draws once per OSD, which cost more than
+        encoding the request it routes."""
+        cache = self._targets
+        key = (pool, oid)
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) >= _TARGET_CACHE:
+                cache.clear()
+            pg = self.object_pg(pool, oid)
+            hit = cache[key] = (pg, self.pg_acting(pool, pg))
+        return hit[0], list(hit[1])
