@@ -22,8 +22,8 @@ import os
 import signal
 import struct
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
@@ -40,10 +40,10 @@ REQID_KEEP = 128  # per client incarnation and object: must cover its writes in 
 REQID_CLIENTS = 8  # client incarnations remembered per object
 _RQ_ENTRY = struct.Struct("<Qi")  # tid, result: one log entry
 _RQ_KEEP_BYTES = REQID_KEEP * _RQ_ENTRY.size
+_BOTH = osdops.FLAG_ACK | osdops.FLAG_COMMIT
 
 
-@dataclass
-class _PendingCommit:
+class _PendingCommit(NamedTuple):
     seq: int
     peer: Peer
     reply: Message
@@ -223,12 +223,23 @@ class OSD:
     def _execute(self, peer: Peer, req: osdops.OSDRequest) -> None:
         key = f"{req.pool}.{req.oid}"
         reqid = (req.client.type, req.client.num, req.incarnation, req.tid)
-        try:
-            writes = req.is_write or any(
-                classes.lookup(op.cls, op.method)[1] for op in req.ops
-                if isinstance(op, osdops.Call))
-        except classes.ClsError as e:
-            return self._reply(peer, req, -e.errno, 0, [], None, False)
+        writes = calls = False
+        only_writes = True  # plain data writes only: no outputs to compute after apply
+        for op in req.ops:  # one pass (the common vector is a single read or write)
+            if op.MUTATES:
+                writes = True
+                if type(op) is not osdops.Write:
+                    only_writes = False
+            else:
+                only_writes = False
+                if type(op) is osdops.Call:
+                    calls = True
+        if calls and not writes:
+            try:
+                writes = any(classes.lookup(op.cls, op.method)[1] for op in req.ops
+                             if type(op) is osdops.Call)
+            except classes.ClsError as e:
+                return self._reply(peer, req, -e.errno, 0, [], None, False)
         if writes:
             dup = self._find_dup(key, reqid)
             if dup is not None:
@@ -246,7 +257,8 @@ class OSD:
                 self._remember(key, reqid, 0, version, saved, ctx.removed)
             else:
                 version, seq = self._version(key), None
-            outputs = [(op, r, out() if callable(out) else out) for op, r, out in outputs]
+            if not only_writes:  # reads are thunks, run after apply
+                outputs = [(op, r, out() if callable(out) else out) for op, r, out in outputs]
         except (StoreError, classes.ClsError, osdops.OpError) as e:
             self.stats["errors"] += 1
             err = e.errno
@@ -264,6 +276,10 @@ class OSD:
         store, out = self.store, []
         for op in req.ops:
             t = type(op)
+            if t is osdops.Write:  # the common case first
+                txn.write(op.offset, op.data)
+                out.append((op, 0, None))
+                continue
             if t is osdops.Read:
                 if op.length > store.max_object_size:
                     raise osdops.OpError(errno.EINVAL, "read longer than an object")
@@ -322,7 +338,7 @@ class OSD:
             else:  # pragma: no cover - every registered op is handled above
                 raise osdops.OpError(errno.EOPNOTSUPP, f"op {t.__name__}")
             out.append((op, 0, None))
-        if not req.is_write and not ctx.mutated and len(txn):
+        if not ctx.mutated and len(txn) and not req.is_write:
             # guards in a read-only vector: check them without writing anything
             self.store.apply(key, txn)  # a txn of guards only evaluates, writes nothing
         return out
@@ -330,18 +346,19 @@ class OSD:
     def _reply(self, peer: Peer, req: osdops.OSDRequest, result: int, version: int,
                outputs: list, seq: int | None, write: bool) -> None:
         """Reads get one reply; writes an ack now and a commit after the fsync covering them."""
-        def rep(flags: int, outs: list) -> Message:
-            return osdops.encode_reply(tid=req.tid, result=result, version=version,
-                                       flags=flags, epoch=self.epoch, attempt=req.attempt,
-                                       op_results=outs)
-
-        both = osdops.FLAG_ACK | osdops.FLAG_COMMIT
+        encode = osdops.encode_reply
         if not write or seq is None or seq <= self.store.committed_seq():
-            peer.send(rep(both, outputs))
+            peer.send(encode(tid=req.tid, result=result, version=version, flags=_BOTH,
+                             epoch=self.epoch, attempt=req.attempt, op_results=outputs))
             return
         if req.flags & osdops.FLAG_ACK:
-            peer.send(rep(osdops.FLAG_ACK, outputs))
-        self._pending.append(_PendingCommit(seq, peer, rep(osdops.FLAG_COMMIT, [])))
+            peer.send(encode(tid=req.tid, result=result, version=version,
+                             flags=osdops.FLAG_ACK, epoch=self.epoch, attempt=req.attempt,
+                             op_results=outputs))
+        self._pending.append(_PendingCommit(
+            seq, peer, encode(tid=req.tid, result=result, version=version,
+                              flags=osdops.FLAG_COMMIT, epoch=self.epoch,
+                              attempt=req.attempt, op_results=())))
         self._commit_wanted.set()
 
     def _version(self, oid: str) -> int:

@@ -1040,18 +1040,25 @@ def encode_reply(
 ) -> Message:
     """``op_results``: (op, result, output) per op, or empty (errors, commit replies).
     Outputs of failed ops are dropped; bulk outputs are sent from the given views."""
-    parts = [_REP_HEAD.pack(result, version, flags, epoch, attempt, len(op_results))]
-    bio = BioChain()
+    head = _REP_HEAD.pack(result, version, flags, epoch, attempt, len(op_results))
+    if not op_results:  # errors and commit replies: the head is the whole front
+        return Message(type=MSG_OSD_OPREPLY, tid=tid, front=head)
+    parts = [head]
+    bio: BioChain | None = None
     for op, res, out in op_results:
-        inline, bulk = (op.encode_output(out) if res >= 0 and out is not None
-                        and op.HAS_OUTPUT else (b"", []))
+        if res < 0 or out is None or not op.HAS_OUTPUT:  # writes and failed ops
+            parts.append(_OP_RESULT.pack(res, 0, 0))
+            continue
+        inline, bulk = op.encode_output(out)
         bulk_len = 0
         for b in bulk:
+            if bio is None:
+                bio = BioChain()
             bio.append(b)
             bulk_len += len(b)
         parts += (_OP_RESULT.pack(res, bulk_len, len(inline)), inline)
     return Message(type=MSG_OSD_OPREPLY, tid=tid, front=b"".join(parts),
-                   data=bio if bio.length else None)
+                   data=bio if bio is not None and bio.length else None)
 
 
 def error_reply(tid: int, err: int, *, epoch: int = 0, attempt: int = 0) -> Message:
