@@ -1573,7 +1573,7 @@ class ObjectStore:
             b0, b1 = offset // bs, (offset + n - 1) // bs
             end = offset + n
             if (offset % bs == 0 and (end % bs == 0 or end == obj.size)
-                    and obj.alloc[b0:b1 + 1].all()):
+                    and (obj.alloc[b0] if b0 == b1 else obj.alloc[b0:b1 + 1].all())):
                 data = os.pread(self._fd(oid), n, offset)  # one copy, straight to bytes
                 if len(data) < n:
                     data += bytes(n - len(data))
