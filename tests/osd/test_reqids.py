@@ -11,7 +11,7 @@ from pathlib import Path
 from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message
 from rbdpy.msgr.payload import BioChain
 from rbdpy.osd import ops as O
-from rbdpy.osd.daemon import REQID_CLIENTS, REQID_KEEP, REQID_PREFIX, OSD
+from rbdpy.osd.daemon import OSD, REQID_CLIENTS, REQID_KEEP, REQID_PREFIX
 
 KEY = "1.obj"
 
