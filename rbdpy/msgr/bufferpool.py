@@ -66,6 +66,25 @@ class BufferPool:
         self._free.setdefault(len(buf), []).append(buf)
         self._idle += len(buf)
 
+    def try_give_back(self, token: int) -> bool:
+        """Like ``give_back``, but a buffer that is still referenced stays lent (False), so
+        the lender can try again later instead of losing it."""
+        buf = self._lent.get(token)
+        if buf is None:
+            return True
+        # references now: the _lent entry, ``buf`` here and getrefcount's argument
+        if sys.getrefcount(buf) > 3:
+            return False
+        del self._lent[token]
+        if self._idle + len(buf) <= self.max_bytes:
+            self._free.setdefault(len(buf), []).append(buf)
+            self._idle += len(buf)
+        return True
+
+    def forget(self, token: int) -> None:
+        """Stop tracking a lent buffer; it is never reused (the garbage collector has it)."""
+        self._lent.pop(token, None)
+
     @property
     def lent(self) -> int:
         return len(self._lent)

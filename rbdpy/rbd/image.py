@@ -21,12 +21,14 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import trio
 
 from rbdpy.client.objecter import Objecter, OSDError
+from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
 from rbdpy.osd import ops as O
 from rbdpy.osd.ops import slice_segments
 from rbdpy.rbd.layout import Layout, map_extents
@@ -170,6 +172,8 @@ class Image:
         self.read_only = read_only
         self._map_pending: dict[int, trio.Event] = {}
         self.copied_bytes = 0  # write data copied (see ``write``)
+        self._tx_pool = BufferPool(max_bytes=64 << 20)
+        self._tx_lent: deque[int] = deque()
 
     @classmethod
     async def open(cls, objecter: Objecter, pool: int, name: str, *, read_only: bool = False
@@ -262,7 +266,7 @@ class Image:
         length = len(buf)
         self._check(offset, length, write=True)
         if not fua:
-            buf = memoryview(bytes(buf))
+            buf = self._own_copy(buf) if length >= POOL_MIN else memoryview(bytes(buf))
             self.copied_bytes += length
         exts = map_extents(self.layout, offset, length)
         if len(exts) == 1:
@@ -271,6 +275,20 @@ class Image:
         async with trio.open_nursery() as n:
             for ex in exts:
                 n.start_soon(self._write_extent, ex, buf, fua)
+
+    def _own_copy(self, buf: memoryview) -> memoryview:
+        """A copy of a large write in a recycled buffer: fresh multi-MiB allocations cost an
+        mmap and a page fault per 4 KiB. Earlier copies go back to the pool once nothing
+        references them any more (committed, and acknowledged by the messenger)."""
+        lent, pool = self._tx_lent, self._tx_pool
+        while lent and pool.try_give_back(lent[0]):
+            lent.popleft()
+        while len(lent) > 256:  # something keeps old writes alive: stop tracking them
+            pool.forget(lent.popleft())
+        token, owned = pool.take(len(buf))
+        owned[:] = buf
+        lent.append(token)
+        return owned
 
     async def _write_extent(self, ex, buf: memoryview, fua: bool) -> None:  # noqa: ANN001
         await self._mark_exists(ex.objectno)

@@ -75,3 +75,17 @@ async def test_kept_messages_are_never_overwritten() -> None:
     assert seen == [payload(i) for i in range(20)]
     assert [m.data_bytes() for m in kept] == [payload(i) for i in range(20)]
     assert server.rx_pool.reused == 0 and server.rx_pool.refused == 20
+
+
+def test_try_give_back_keeps_referenced_buffers_lent() -> None:
+    pool = BufferPool()
+    tok, view = pool.take(SIZE)
+    assert not pool.try_give_back(tok) and pool.lent == 1  # our view is alive
+    del view
+    assert pool.try_give_back(tok) and pool.lent == 0
+    assert pool.try_give_back(tok)  # already back: nothing to do
+    tok2, view2 = pool.take(SIZE)
+    assert pool.reused == 1
+    pool.forget(tok2)
+    del view2
+    assert pool.lent == 0 and pool.take(SIZE) and pool.reused == 1  # forgotten: not reused

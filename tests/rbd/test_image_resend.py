@@ -9,6 +9,7 @@ held back (``RBDPY_OSD_COMMIT_DELAY``) so the window is wide open, deterministic
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from rbdpy.client.objecter import Objecter
@@ -24,7 +25,9 @@ def _map(epoch: int, ports: list[int], down: set[int] = frozenset()) -> OSDMap:
     return OSDMap(epoch=epoch, osds=osds, pools={POOL: PoolInfo(POOL, "rbd")})
 
 
-async def test_primary_change_before_commit_resends_the_written_bytes(osd_process, monkeypatch
+@pytest.mark.parametrize("size", [8192, 256 << 10])  # a plain copy; a pooled copy
+async def test_primary_change_before_commit_resends_the_written_bytes(osd_process, monkeypatch,
+                                                                      size: int
                                                                       ) -> None:  # noqa: ANN001
     monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "1.5")
     procs = [osd_process("osd0", 0), osd_process("osd1", 1)]
@@ -41,15 +44,17 @@ async def test_primary_change_before_commit_resends_the_written_bytes(osd_proces
             objno = next(n for n in range(64) if obj.osdmap.object_target(
                 POOL, rbdimage.data_oid(img.id, n))[1][0] == 0)
             off = objno << 20
-            buf = bytearray(b"A" * 8192)
+            buf = bytearray(b"A" * size)
             await img.write(off + 4096, memoryview(buf))  # returns at the ack: not durable
             assert obj.uncommitted, "the commit delay did not hold the write back"
             buf[:] = b"B" * len(buf)  # the caller reuses its buffer, as nbdkit does
+            for k in range(1, 4):  # more writes meanwhile: none may recycle the first's copy
+                await img.write((60 + k) << 20, memoryview(bytearray(b"C" * size)))
             obj.update_map(_map(2, ports, down={0}))  # primary moves: resend to osd.1
             await img.flush()
             assert not obj.uncommitted
             got = bytearray(len(buf))
             await img.read(off + 4096, memoryview(got))
             assert got == b"A" * len(buf)
-            assert img.copied_bytes == len(buf) + 0  # the one justified copy, nothing more
+            assert img.copied_bytes == 4 * len(buf)  # one justified copy per write
         m.shutdown()
