@@ -39,6 +39,7 @@ log = logging.getLogger("rbdpy.msgr")
 
 BANNER = b"rbdpy\x00v1"
 PROTOCOL_FEATURES = 0x1
+FEATURE_NOCRC = 0x2  # "my footers carry no crcs": said once, in the handshake
 
 # frame tags
 TAG_READY = 1
@@ -245,6 +246,7 @@ class Connection:
         self.auth = auth
         self.pool = pool
         self._pool_token: int | None = None
+        self._peer_nocrc = False
         self.open = False
         self.faulted: str | None = None
         self.peer: EntityName | None = session.peer if session else None
@@ -280,12 +282,15 @@ class Connection:
             self._out.append(mv)
             self._out_bytes += len(mv)
 
+    def _features(self) -> int:
+        return PROTOCOL_FEATURES | (0 if self.crc else FEATURE_NOCRC)
+
     def _send_connect(self) -> None:
         s = self.session
         assert s is not None
         self._push(
             CONNECT.pack(
-                PROTOCOL_FEATURES, self.me.type, self.me.num, self.nonce, self.global_seq,
+                self._features(), self.me.type, self.me.num, self.nonce, self.global_seq,
                 s.connect_seq, s.in_seq, CONNECT_FLAG_LOSSY if s.lossy else 0, len(self.auth),
             )
             + self.auth
@@ -534,9 +539,10 @@ class Connection:
 
     def _on_connect(self, f: tuple, auth: bytes) -> None:
         """Accepting side: decide what to do with a peer's connect (Ceph msgr v1 rules)."""
-        _features, ptype, pnum, pnonce, gseq, cseq, peer_in_seq, flags, _alen = f
+        features, ptype, pnum, pnonce, gseq, cseq, peer_in_seq, flags, _alen = f
         peer = EntityName(ptype, pnum)
         self.peer = peer
+        self._peer_nocrc = bool(features & FEATURE_NOCRC)
         reg = self.registry
         assert reg is not None
         lossy = bool(flags & CONNECT_FLAG_LOSSY)
@@ -576,14 +582,15 @@ class Connection:
     def _reply(self, tag: int, gseq: int, cseq: int, in_seq: int) -> None:
         self._push(
             CONNECT_REPLY.pack(
-                tag, PROTOCOL_FEATURES, self.me.type, self.me.num, self.nonce, gseq, cseq,
+                tag, self._features(), self.me.type, self.me.num, self.nonce, gseq, cseq,
                 in_seq, 0, 0,
             )
         )
 
     def _on_reply(self, f: tuple, auth: bytes) -> None:
         """Connecting side: act on the accepting side's verdict."""
-        tag, _features, ptype, pnum, pnonce, gseq, cseq, peer_in_seq, _flags, _alen = f
+        tag, features, ptype, pnum, pnonce, gseq, cseq, peer_in_seq, _flags, _alen = f
+        self._peer_nocrc = bool(features & FEATURE_NOCRC)
         s = self.session
         assert s is not None
         peer = EntityName(ptype, pnum)
@@ -730,6 +737,10 @@ class Connection:
         h = self._hdr
         assert h is not None and self.session is not None
         front_crc, middle_crc, data_crc, flags = FOOTER.unpack(buf)
+        if flags & FOOTER_NOCRC and not self._peer_nocrc:
+            # the flags byte has no crc of its own: a flip that set NOCRC would otherwise
+            # switch the checks off for exactly the message it damaged
+            raise ProtocolError(f"footer without crcs from a peer that sends them (seq {h.seq})")
         if self.crc and not flags & FOOTER_NOCRC:
             if crc32c(self._front) != front_crc:
                 raise ProtocolError(f"bad front crc (seq {h.seq})")

@@ -554,8 +554,9 @@ def test_flipped_byte_anywhere_in_a_frame_is_detected_and_replayed_once(big: boo
 
 
 def test_footer_flags_byte() -> None:
-    """The flags byte is outside every crc: flipping it may switch crc checking off for that
-    message (as Ceph's v1 footer), but the bytes delivered are still the ones sent."""
+    """The flags byte is outside every crc. Whether a sender puts crcs in its footers is
+    said once, in the handshake; so a flip of the flags byte either faults or delivers
+    exactly what was sent, and a flip that sets NOCRC cannot switch the checks off."""
     for flip in (0x01, 0x02, 0xFF):
         link = open_link()
         link.c.send_message(_corruptible())
@@ -568,14 +569,27 @@ def test_footer_flags_byte() -> None:
         else:
             (m,) = received(ev)
             Expect.of(_corruptible()).check(m)
-    # with NOCRC set, a corrupted data byte is no longer caught: only the sender may set it
+    # NOCRC set by a flip, and a data byte corrupted too: caught, nothing delivered
     link = open_link()
     link.c.send_message(_corruptible())
     wire = bytearray(b"".join(link.c.data_to_send()))
     wire[-1] |= FOOTER_NOCRC
     wire[1 + HEADER_LEN + len(FRONT) + len(MIDDLE)] ^= 1
-    (m,) = received(link.s.feed(bytes(wire)))
-    assert m.data_bytes() != _corruptible().data_bytes()
+    ev = link.s.feed(bytes(wire))
+    assert not received(ev) and "without crcs" in faults(ev)[0]
+
+
+def test_a_sender_without_crcs_says_so_in_the_handshake() -> None:
+    c = Connection(CLIENT, C_NONCE, client=True, session=Session(), crc=False)
+    s = Connection(SERVER, S_NONCE, client=False, registry=SessionRegistry())
+    link = Link(c, s, random.Random(0), True, False, 0.0)
+    link.run()
+    assert c.open and s.open
+    c.send_message(_corruptible())
+    wire = bytearray(b"".join(c.data_to_send()))
+    c.sent(len(wire))
+    (m,) = received(s.feed(bytes(wire)))  # NOCRC footers accepted from this peer
+    Expect.of(_corruptible()).check(m)
 
 
 @pytest.mark.parametrize("side", ["client", "server"])
