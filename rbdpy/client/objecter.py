@@ -59,6 +59,9 @@ class Request:
     landed: bool = False  # alloc_data handed out read_into: the data is already in place
 
 
+MAX_UNCOMMITTED_PER_OBJECT = 64  # half the OSD's request-id window per client and object
+
+
 class Objecter:
     """Client-side request engine; also the messenger Dispatcher for OSD replies."""
 
@@ -71,6 +74,10 @@ class Objecter:
         self.inflight: dict[int, Request] = {}
         self.uncommitted: dict[int, Request] = {}
         self._commit_changed = trio.Event()
+        # uncommitted writes per object, bounded so that every one we may have to resend is
+        # still in the OSD's request-id window there (osd.daemon.REQID_KEEP = 128)
+        self._per_object: dict[tuple[int, str], int] = {}
+        self._room: dict[tuple[int, str], trio.Event] = {}
 
     def attach(self, msgr: Messenger) -> None:
         self.msgr = msgr
@@ -94,6 +101,14 @@ class Objecter:
         Writes always ask for both replies: the ack returns control, the commit is tracked
         for ``flush``. Raises OSDError with the OSD's errno on failure.
         """
+        if write:
+            key = (pool, oid)
+            while self._per_object.get(key, 0) >= MAX_UNCOMMITTED_PER_OBJECT:
+                ev = self._room.get(key)
+                if ev is None:
+                    ev = self._room[key] = trio.Event()
+                await ev.wait()
+            self._per_object[key] = self._per_object.get(key, 0) + 1
         self.last_tid += 1
         req = Request(self.last_tid, pool, oid, list(ops), write, snapc, snapid, read_into,
                       want_commit=write)
@@ -209,6 +224,16 @@ class Objecter:
 
     def _finish(self, req: Request, err: int, reply: object | None) -> None:
         req.error = err
+        if req.tid in self.uncommitted:
+            key = (req.pool, req.oid)
+            left = self._per_object[key] - 1
+            if left:
+                self._per_object[key] = left
+            else:
+                del self._per_object[key]
+            ev = self._room.pop(key, None)
+            if ev is not None:
+                ev.set()
         if req.reply is None:
             req.reply = reply
         self.inflight.pop(req.tid, None)

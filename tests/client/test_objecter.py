@@ -212,3 +212,53 @@ def test_attempt_sits_at_the_end_of_the_request_head() -> None:
     msg = O.encode_request([O.Stat()], tid=1, client=EntityName(1, 1), incarnation=1,
                            epoch=1, pool=1, oid="o", flags=0, attempt=0xABCD)
     assert struct.unpack_from("<I", msg.front, ATTEMPT_AT)[0] == 0xABCD
+
+
+async def test_uncommitted_writes_per_object_stay_inside_the_osd_request_id_window(
+        osd_process, monkeypatch) -> None:  # noqa: ANN001
+    """300 non-idempotent writes to one object at once while commits are held back, then
+    kill -9: whatever has to be resent must still be in the OSD's request-id window (128
+    per client and object), or it is applied twice (EEXIST here). The objecter keeps at most
+    MAX_UNCOMMITTED_PER_OBJECT of them per object, so nothing fails and nothing repeats."""
+    monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "0.3")
+    osd = osd_process()
+    osd.start()
+    n = 300
+    obj = Objecter(osdmap(osd.port))
+    errors: list[BaseException] = []
+    peak = 0
+    async with Messenger(obj.me, obj, backoff=(0.01, 0.05)) as m:
+        obj.attach(m)
+        with trio.fail_after(120):
+            acked = 0
+
+            async def one(i: int) -> None:
+                nonlocal acked
+                try:
+                    await obj.submit(POOL, DIR, [dir_add(i)], write=True)
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(e)
+                    raise
+                acked += 1
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, sum(1 for r in obj.uncommitted.values() if r.oid == DIR))
+                    await trio.sleep(0.001)
+
+            async with trio.open_nursery() as outer:
+                outer.start_soon(watch)
+                async with trio.open_nursery() as writers:
+                    for i in range(n):
+                        writers.start_soon(one, i)
+                    while acked < 200 or not obj.uncommitted:  # well past the window
+                        await trio.sleep(0.005)
+                    await restart_in_thread(osd)
+                await obj.flush()
+                outer.cancel_scope.cancel()
+            assert not errors, errors[:3]
+            assert peak <= 64
+            r = await obj.submit(POOL, DIR, [O.Call("rbd", "dir_list", b"")], write=False)
+            assert json.loads(r.results[0].out) == {f"img{i}": f"id{i}" for i in range(n)}
+        m.shutdown()
