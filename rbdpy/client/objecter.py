@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -77,7 +78,7 @@ class Objecter:
         # uncommitted writes per object, bounded so that every one we may have to resend is
         # still in the OSD's request-id window there (osd.daemon.REQID_KEEP = 128)
         self._per_object: dict[tuple[int, str], int] = {}
-        self._room: dict[tuple[int, str], trio.Event] = {}
+        self._deferred: dict[tuple[int, str], deque[Request]] = {}  # over the limit, FIFO
 
     def attach(self, msgr: Messenger) -> None:
         self.msgr = msgr
@@ -101,33 +102,64 @@ class Objecter:
         Writes always ask for both replies: the ack returns control, the commit is tracked
         for ``flush``. Raises OSDError with the OSD's errno on failure.
         """
-        if write:
-            key = (pool, oid)
-            while self._per_object.get(key, 0) >= MAX_UNCOMMITTED_PER_OBJECT:
-                ev = self._room.get(key)
-                if ev is None:
-                    ev = self._room[key] = trio.Event()
-                await ev.wait()
-            self._per_object[key] = self._per_object.get(key, 0) + 1
         self.last_tid += 1
         req = Request(self.last_tid, pool, oid, list(ops), write, snapc, snapid, read_into,
                       want_commit=write)
-        self.inflight[req.tid] = req
+        sent = True
         if write:
-            self.uncommitted[req.tid] = req
-        self._send(req)
+            self.uncommitted[req.tid] = req  # flush waits for it from now on
+            sent = self._admit(req)
+        else:
+            self.inflight[req.tid] = req
+            self._send(req)
         try:
             await (req.committed if wait_commit else req.acked).wait()
         except BaseException:
             # cancelled: forget the reader buffer so a late reply cannot land in it; a read
-            # is forgotten entirely (a write stays tracked: it may apply, flush waits for it)
+            # is forgotten entirely, so is a write still queued behind the object's limit
+            # (a write that went out stays tracked: it may apply, flush waits for it)
             req.read_into = None
             if not write:
                 self.inflight.pop(req.tid, None)
+            elif not sent and req.tid not in self.inflight:
+                self._deferred[(pool, oid)].remove(req)
+                self.uncommitted.pop(req.tid, None)
             raise
         if req.error:
             raise OSDError(req.error, f"{oid}")
         return req.reply
+
+    def _admit(self, req: Request) -> bool:
+        """Send a write now if its object has fewer than MAX_UNCOMMITTED_PER_OBJECT
+        uncommitted writes out, else queue it (True if sent). Queued writes go out in call
+        order, each when an earlier one commits, so one object's writes reach its OSD in the
+        order they were submitted."""
+        key = (req.pool, req.oid)
+        queue = self._deferred.get(key)
+        if queue or self._per_object.get(key, 0) >= MAX_UNCOMMITTED_PER_OBJECT:
+            self._deferred.setdefault(key, deque()).append(req)
+            return False
+        self._per_object[key] = self._per_object.get(key, 0) + 1
+        self.inflight[req.tid] = req
+        self._send(req)
+        return True
+
+    def _release(self, key: tuple[int, str]) -> None:
+        """A write of this object committed (or failed): its slot goes to the next queued
+        write, if any."""
+        queue = self._deferred.get(key)
+        if queue:
+            req = queue.popleft()
+            if not queue:
+                del self._deferred[key]
+            self.inflight[req.tid] = req
+            self._send(req)
+            return
+        left = self._per_object[key] - 1
+        if left:
+            self._per_object[key] = left
+        else:
+            del self._per_object[key]
 
     def _send(self, req: Request) -> None:
         assert self.msgr is not None, "objecter not attached to a messenger"
@@ -224,16 +256,8 @@ class Objecter:
 
     def _finish(self, req: Request, err: int, reply: object | None) -> None:
         req.error = err
-        if req.tid in self.uncommitted:
-            key = (req.pool, req.oid)
-            left = self._per_object[key] - 1
-            if left:
-                self._per_object[key] = left
-            else:
-                del self._per_object[key]
-            ev = self._room.pop(key, None)
-            if ev is not None:
-                ev.set()
+        if req.write and req.tid in self.uncommitted and req.tid in self.inflight:
+            self._release((req.pool, req.oid))
         if req.reply is None:
             req.reply = reply
         self.inflight.pop(req.tid, None)

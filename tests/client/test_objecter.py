@@ -244,7 +244,8 @@ async def test_uncommitted_writes_per_object_stay_inside_the_osd_request_id_wind
             async def watch() -> None:
                 nonlocal peak
                 while True:
-                    peak = max(peak, sum(1 for r in obj.uncommitted.values() if r.oid == DIR))
+                    peak = max(peak, sum(1 for r in obj.uncommitted.values()  # sent ones
+                                         if r.oid == DIR and r.tid in obj.inflight))
                     await trio.sleep(0.001)
 
             async with trio.open_nursery() as outer:
