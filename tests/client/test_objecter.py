@@ -263,3 +263,44 @@ async def test_uncommitted_writes_per_object_stay_inside_the_osd_request_id_wind
             r = await obj.submit(POOL, DIR, [O.Call("rbd", "dir_list", b"")], write=False)
             assert json.loads(r.results[0].out) == {f"img{i}": f"id{i}" for i in range(n)}
         m.shutdown()
+
+
+async def test_a_write_cancelled_while_queued_behind_the_object_limit_is_never_sent(
+        osd_process, monkeypatch) -> None:  # noqa: ANN001
+    from rbdpy.client.objecter import MAX_UNCOMMITTED_PER_OBJECT as LIMIT
+
+    monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "0.5")
+    osd = osd_process()
+    osd.start()
+    obj = Objecter(osdmap(osd.port))
+    async with Messenger(obj.me, obj, backoff=(0.01, 0.05)) as m:
+        obj.attach(m)
+        with trio.fail_after(60):
+            async def put(i: int) -> None:
+                await obj.submit(POOL, "q", [O.Write(i * BS, block(i))], write=True)
+
+            async with trio.open_nursery() as n:
+                for i in range(LIMIT):
+                    n.start_soon(put, i)
+                n.start_soon(put, LIMIT)  # queued: over the limit
+                while len(obj.uncommitted) <= LIMIT:
+                    await trio.sleep(0.001)
+                queued = [r for r in obj.uncommitted.values() if r.tid not in obj.inflight]
+                assert len(queued) == 1
+                cancel = trio.CancelScope()
+
+                async def doomed() -> None:
+                    with cancel:
+                        await obj.submit(POOL, "q", [O.Write(0, b"never" * 100)], write=True)
+
+                n.start_soon(doomed)
+                while len(obj.uncommitted) <= LIMIT + 1:
+                    await trio.sleep(0.001)
+                cancel.cancel()  # while it waits in the queue
+            await obj.flush()
+            assert not obj.uncommitted and not obj.inflight
+            r = await obj.submit(POOL, "q", [O.Read(0, (LIMIT + 1) * BS)], write=False)
+            data = b"".join(bytes(s) for s in r.results[0].out)
+            assert all(data[i * BS:(i + 1) * BS] == block(i) for i in range(LIMIT + 1))
+            assert b"never" not in data
+        m.shutdown()
