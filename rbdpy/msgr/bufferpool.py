@@ -53,26 +53,19 @@ class BufferPool:
         return token, memoryview(buf)[:n]
 
     def give_back(self, token: int) -> None:
-        """The lender is done; reuse the buffer if (and only if) no view of it survives."""
-        buf = self._lent.pop(token, None)
-        if buf is None:
-            return
-        # references now: ``buf`` here and getrefcount's argument; any live view adds one
-        if sys.getrefcount(buf) > 2:
+        """The lender is done: reuse the buffer if no view of it survives, else drop it."""
+        if not self.try_give_back(token):
             self.refused += 1
-            return
-        if self._idle + len(buf) > self.max_bytes:
-            return
-        self._free.setdefault(len(buf), []).append(buf)
-        self._idle += len(buf)
+            self.forget(token)
 
     def try_give_back(self, token: int) -> bool:
-        """Like ``give_back``, but a buffer that is still referenced stays lent (False), so
-        the lender can try again later instead of losing it."""
+        """Back on the free list if no view of the buffer survives (True); else it stays
+        lent (False), so the lender can try again later or ``forget`` it."""
         buf = self._lent.get(token)
         if buf is None:
             return True
-        # references now: the _lent entry, ``buf`` here and getrefcount's argument
+        # references now: the _lent entry, ``buf`` here and getrefcount's argument; any live
+        # memoryview (slices included: they share one managed buffer) adds one
         if sys.getrefcount(buf) > 3:
             return False
         del self._lent[token]

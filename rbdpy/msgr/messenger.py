@@ -315,7 +315,7 @@ class Messenger:
             state.last_rx = trio.current_time()
             if events:
                 await self._dispatch_events(state, conn, events)
-            if state.peer is not None and state.peer._room is not None:
+            if state.peer is not None:
                 state.peer._made_room()  # acks may have come in: let producers re-check
             if conn.has_output():
                 if state.peer is not None:

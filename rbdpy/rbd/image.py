@@ -255,8 +255,8 @@ class Image:
         _land(got, dests)
 
     async def write(self, offset: int, buf: memoryview, *, fua: bool = False) -> None:
-        """Write ``buf`` at ``offset``; returns once applied (readable), durable after
-        ``flush``, or at once if ``fua``.
+        """Write ``buf`` at ``offset``; returns once applied (readable, durable after
+        ``flush``), or once durable if ``fua``.
 
         The one copy on the write path is here: a non-FUA write returns at the OSDs' ack,
         before it is durable, and until its commit the objecter may have to send it again

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import pid_alive, stop_pid
+
 HERE = Path(__file__).resolve().parent
 RBDPY = [sys.executable, "-m", "rbdpy.cli"]
 CACHE = Path(os.environ.get("RBDPY_E2E_CACHE", Path.home() / ".cache" / "rbdpy-e2e"))
@@ -67,30 +69,6 @@ def rbdpy(cluster: Path, *args: str) -> subprocess.CompletedProcess:
                        text=True, timeout=120)
     assert r.returncode == 0, f"rbdpy {' '.join(args)}: {r.stdout}{r.stderr}"
     return r
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def stop_pid(pid: int, timeout: float = 20.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
 
 
 def free_port() -> int:

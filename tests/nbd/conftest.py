@@ -8,16 +8,15 @@ it collects the test modules beside it.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.procs import stop_pid, wait_for
 
 RBDPY = [sys.executable, "-m", "rbdpy.cli"]
 needs_nbdkit = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit missing")
@@ -26,38 +25,6 @@ needs_nbdkit = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit
 def rbdpy(cluster: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([*RBDPY, "--cluster", str(cluster), *args], capture_output=True,
                           text=True, check=check, timeout=120)
-
-
-def wait_for(path: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear")
-        time.sleep(0.05)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
 
 
 def osd_pids(data: Path) -> list[int]:

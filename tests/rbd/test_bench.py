@@ -7,12 +7,9 @@ Nothing here asserts a speed: only that the ops were issued, counted and really 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from rbdpy.msgr.messenger import Messenger
 from rbdpy.rbd import bench
 from rbdpy.rbd.image import Image, create_image
 from rbdpy.testing import POOL, run_with_objecter
+from tests.procs import stop_pid
 
 RBDPY = [sys.executable, "-m", "rbdpy.cli"]
 SUMMARY = re.compile(r"^elapsed: [\d.]+  ops: (\d+)  ops/sec: [\d.]+  bytes/sec: \d+ \(.*/s\)$")
@@ -34,21 +32,6 @@ def rb(data: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r
-
-
-def stop_pid(pid: int, timeout: float = 20.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
