@@ -14,7 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.nbd.conftest import RBDPY, Served, needs_nbdkit, pid_alive, qemu_io, rbdpy
+from tests.nbd.conftest import RBDPY, Served, needs_nbdkit, qemu_io, rbdpy
+from tests.procs import pid_alive
 
 pytestmark = needs_nbdkit
 
