@@ -127,7 +127,10 @@ class Rados:
 
 
 class SyncImage:
-    """Blocking face of an Image; buffers are passed through as memoryviews, never copied."""
+    """Blocking face of an Image; buffers are passed through as memoryviews, never copied.
+
+    Reads and writes inside one object take the Image's callback path (``start_read`` /
+    ``start_write``: no trio task per request); the rest runs as coroutines."""
 
     def __init__(self, rados: Rados, img: rbdimage.Image) -> None:
         self.rados = rados
@@ -142,7 +145,8 @@ class SyncImage:
         return self.image.info
 
     def read(self, offset: int, buf: bytearray | memoryview) -> None:
-        self.rados.run(self.image.read, offset, _mv(buf))
+        img = self.image
+        self.rados._bridge.call_started(img.start_read, img.read, offset, _mv(buf))
 
     def pread(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)
@@ -150,7 +154,8 @@ class SyncImage:
         return bytes(buf)
 
     def write(self, offset: int, buf: bytes | bytearray | memoryview, fua: bool = False) -> None:
-        self.rados.run(lambda: self.image.write(offset, _mv(buf), fua=fua))
+        img = self.image
+        self.rados._bridge.call_started(img.start_write, img.write_fua, offset, _mv(buf), fua)
 
     def discard(self, offset: int, length: int, fua: bool = False) -> None:
         self.rados.run(lambda: self.image.discard(offset, length, fua=fua))

@@ -22,12 +22,13 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import trio
 
-from rbdpy.client.objecter import Objecter, OSDError
+from rbdpy.client.objecter import Objecter, OSDError, Request
 from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
 from rbdpy.osd import ops as O
 from rbdpy.osd.ops import slice_segments
@@ -36,6 +37,8 @@ from rbdpy.rbd.layout import Layout, map_extents
 log = logging.getLogger("rbdpy.rbd")
 
 DIRECTORY = "rbd_directory"
+Done = Callable[[BaseException | None], None]
+"""Completion of a ``start_*`` call: None when done, else the error."""
 MAX_SIZE = 1 << 50
 
 
@@ -246,13 +249,62 @@ class Image:
                 raise
             _zero(dests)
             return
-        got = r.results[0].out or []
-        if r.landed:  # the messenger received straight into dests; zero what was short
-            n = sum(len(g) for g in got)
-            if n < ex.length:
-                _zero(slice_segments(dests, n, ex.length - n))
-            return
-        _land(got, dests)
+        _place_read(r, ex.length, dests)
+
+    # -- callback data path (the NBD plugin's: no trio task per request) -------------------
+
+    def start_read(self, offset: int, buf: memoryview, done: Done) -> bool:
+        """Start ``read`` of a range inside one object and return True; ``done(err)`` is
+        called on the trio thread when ``buf`` is filled (err None) or the read failed.
+        False (nothing started) for ranges spanning objects: use ``read``."""
+        length = len(buf)
+        self._check(offset, length)
+        exts = map_extents(self.layout, offset, length)
+        if len(exts) != 1:
+            return False
+        ex = exts[0]
+        dests = [buf[o : o + n] for o, n in ex.buffer_extents]
+        if ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
+            _zero(dests)
+            done(None)
+            return True
+        oid = data_oid(self.id, ex.objectno)
+
+        def fin(req: Request) -> None:
+            if req.error == errno.ENOENT:
+                _zero(dests)
+            elif req.error:
+                return done(OSDError(req.error, oid))
+            else:
+                _place_read(req.reply, ex.length, dests)
+            done(None)
+
+        self.objecter.start(self.pool, oid, [O.Read(ex.offset, ex.length)], write=False,
+                            read_into=dests, on_done=fin)
+        return True
+
+    def start_write(self, offset: int, buf: memoryview, fua: bool, done: Done) -> bool:
+        """Start ``write`` of a range inside one object whose map bit is already set, and
+        return True; ``done(err)`` follows as for ``start_read``. False (nothing started)
+        otherwise: use ``write``. Same copy rule as ``write``."""
+        length = len(buf)
+        self._check(offset, length, write=True)
+        exts = map_extents(self.layout, offset, length)
+        if len(exts) != 1 or not self.objmap[exts[0].objectno]:
+            return False
+        ex = exts[0]
+        if not fua:
+            buf = self._own_copy(buf) if length >= POOL_MIN else memoryview(bytes(buf))
+            self.copied_bytes += length
+        oid = data_oid(self.id, ex.objectno)
+
+        def fin(req: Request) -> None:
+            done(OSDError(req.error, oid) if req.error else None)
+
+        self.objecter.start(self.pool, oid,
+                            [O.Write(ex.offset, [buf[o : o + n] for o, n in ex.buffer_extents])],
+                            write=True, wait_commit=fua, on_done=fin)
+        return True
 
     async def write(self, offset: int, buf: memoryview, *, fua: bool = False) -> None:
         """Write ``buf`` at ``offset``; returns once applied (readable, durable after
@@ -275,6 +327,10 @@ class Image:
         async with trio.open_nursery() as n:
             for ex in exts:
                 n.start_soon(self._write_extent, ex, buf, fua)
+
+    async def write_fua(self, offset: int, buf: memoryview, fua: bool) -> None:
+        """``write`` with ``fua`` positional: the fallback of ``start_write``."""
+        await self.write(offset, buf, fua=fua)
 
     def _own_copy(self, buf: memoryview) -> memoryview:
         """A copy of a large write in a recycled buffer: fresh multi-MiB allocations cost an
@@ -438,6 +494,18 @@ class Image:
                 if e.errno != errno.ENOENT:
                     raise
         return total
+
+
+def _place_read(r, length: int, dests: list[memoryview]) -> None:  # noqa: ANN001
+    """Put a read reply's data in ``dests``: usually it landed there already; zero what the
+    object did not have."""
+    got = r.results[0].out or []
+    if r.landed:  # the messenger received straight into dests; zero what was short
+        n = sum(len(g) for g in got)
+        if n < length:
+            _zero(slice_segments(dests, n, length - n))
+        return
+    _land(got, dests)
 
 
 def _zero(dests: list[memoryview]) -> None:
