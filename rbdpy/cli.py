@@ -346,6 +346,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     cmd = nbdkit_command(args, str(cfg.path))
     host = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
     url = f"nbd://{host}:{args.port}"
+    proc = subprocess.Popen(cmd)
+    try:
+        _wait_serving(proc, host, args.port)
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        localcluster.down(cfg)
+        raise
     print(f"""serving image {args.name} at {url}  (Ctrl-C stops everything)
 
   attach:   nbd-client {host} {args.port} /dev/nbd0 -N {args.name}
@@ -353,7 +361,6 @@ def cmd_up(args: argparse.Namespace) -> int:
   fio:      fio --name=t --ioengine=nbd --uri={url} --rw=randwrite --bs=4k --iodepth=32 \\
                 --size=1G --time_based --runtime=30
 """, flush=True)
-    proc = subprocess.Popen(cmd)
     try:
         rc = proc.wait()
     except KeyboardInterrupt:
@@ -363,6 +370,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         stopped = localcluster.down(cfg)
         print(f"stopped nbdkit and {len(stopped)} OSD(s); data kept in {cfg.dir}", flush=True)
     return 0 if rc in (0, -signal.SIGTERM) else rc
+
+
+def _wait_serving(proc, host: str, port: int, timeout: float = 60.0) -> None:  # noqa: ANN001
+    """Return once nbdkit accepts connections (so the commands printed next work at once);
+    UserError if it exits first or takes longer than ``timeout``."""
+    import time
+
+    from rbdpy import localcluster
+
+    deadline = time.monotonic() + timeout
+    while not localcluster._port_open(host, port):
+        if proc.poll() is not None:
+            raise UserError(f"nbdkit exited with status {proc.returncode} before serving")
+        if time.monotonic() > deadline:
+            raise UserError(f"nbdkit did not listen on {host}:{port} within {timeout:g}s")
+        time.sleep(0.05)
 
 
 def cmd_osd(args: argparse.Namespace) -> int:

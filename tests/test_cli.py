@@ -83,26 +83,34 @@ def test_image_verbs(tmp_path: Path) -> None:
 def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     data, port = tmp_path / "d", free_port()
     uri = f"nbd://127.0.0.1:{port}"
+    up_out: list[str] = []
 
     def up() -> subprocess.Popen:
         proc = subprocess.Popen([*RBDPY, "up", "--data", str(data), "--port", str(port),
                                  "--size", "1G"], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
+        # ready when it says so: "serving" is printed once nbdkit accepts connections
+        lines: list[str] = []
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return proc
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    raise AssertionError(proc.stdout.read()) from None
-                time.sleep(0.1)
+        while not any(line.startswith("serving image") for line in lines):
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("".join(lines) + proc.stdout.read())
+            lines.append(line)
+        up_out.extend(lines)
+        return proc
 
     def stop(proc: subprocess.Popen) -> str:
         osd_pids = [int(p.read_text()) for p in data.glob("osd.*.pid")]
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        out = "".join(up_out) + proc.stdout.read()  # (not communicate: it skips what
+        up_out.clear()  # readline already buffered)
         assert proc.returncode == 0, out
         assert not any(pid_alive(p) for p in osd_pids)
         return out
