@@ -329,6 +329,10 @@ class Messenger:
             state.last_rx = trio.current_time()
             if events:
                 await self._dispatch_events(state, conn, events)
+                # let the tasks those events woke run before reading on: a caller sends
+                # its next request now, not after up to YIELD_EVERY more reads (at 1 MiB
+                # reads through nbdkit that delay emptied the OSD's queue: -35% IOPS)
+                streak = YIELD_EVERY
             if state.peer is not None:
                 state.peer._made_room()  # acks may have come in: let producers re-check
             if conn.has_output():
