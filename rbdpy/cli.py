@@ -380,7 +380,7 @@ def _wait_serving(proc, host: str, port: int, timeout: float = 60.0) -> None:  #
     from rbdpy import localcluster
 
     deadline = time.monotonic() + timeout
-    while not localcluster._port_open(host, port):
+    while not localcluster.port_open(host, port):
         if proc.poll() is not None:
             raise UserError(f"nbdkit exited with status {proc.returncode} before serving")
         if time.monotonic() > deadline:

@@ -29,7 +29,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
             return True
@@ -37,19 +37,20 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Running. A zombie has exited (only its parent, maybe a slow init, has yet to reap
+    it), so it does not count."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # a zombie child of ours is not alive
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # the name may hold spaces
     except OSError:
-        return True
+        return False  # gone between the two checks
 
 
 def init(data_dir: Path, osds: int = 1, pg_num: int = 64, replicas: int = 1
@@ -79,7 +80,7 @@ def osd_pid(cfg: config.ClusterConfig, osd_id: int) -> int | None:
         pid = int(pid_file(cfg, osd_id).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 def up(cfg: config.ClusterConfig, *, timeout: float = 30.0, log_level: str = "info") -> None:
@@ -88,7 +89,7 @@ def up(cfg: config.ClusterConfig, *, timeout: float = 30.0, log_level: str = "in
     for o in cfg.osdmap.osds.values():
         if osd_pid(cfg, o.id) is not None:
             continue
-        if _port_open(o.host, o.port):
+        if port_open(o.host, o.port):
             raise ClusterError(f"port {o.host}:{o.port} of osd.{o.id} is taken by another "
                                "process")
         logf = open(cfg.dir / f"osd.{o.id}.log", "ab")  # noqa: SIM115 - handed to the child
@@ -102,7 +103,7 @@ def up(cfg: config.ClusterConfig, *, timeout: float = 30.0, log_level: str = "in
         started.append((o, proc))
     deadline = time.monotonic() + timeout
     for o, proc in started:
-        while not _port_open(o.host, o.port):
+        while not port_open(o.host, o.port):
             if proc.poll() is not None:
                 raise ClusterError(f"osd.{o.id} exited with status {proc.returncode}; see "
                                    f"{cfg.dir / f'osd.{o.id}.log'}")
@@ -121,10 +122,10 @@ def down(cfg: config.ClusterConfig, *, timeout: float = 30.0) -> list[int]:
             continue
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.05)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
         _reap(pid)
         pid_file(cfg, o.id).unlink(missing_ok=True)
@@ -144,5 +145,5 @@ def status(cfg: config.ClusterConfig) -> list[tuple[int, str, int | None, bool]]
     out = []
     for o in cfg.osdmap.osds.values():
         pid = osd_pid(cfg, o.id)
-        out.append((o.id, f"{o.host}:{o.port}", pid, _port_open(o.host, o.port)))
+        out.append((o.id, f"{o.host}:{o.port}", pid, port_open(o.host, o.port)))
     return out

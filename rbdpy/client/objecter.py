@@ -106,7 +106,8 @@ class Objecter:
         Writes always ask for both replies: the ack returns control, the commit is tracked
         for ``flush``. Raises OSDError with the OSD's errno on failure.
         """
-        req, sent = self._enqueue(pool, oid, ops, write, snapc, snapid, read_into)
+        req = self._new_request(pool, oid, ops, write, snapc, snapid, read_into)
+        sent = self._place(req)
         try:
             await (req.committed if wait_commit else req.acked).wait()
         except BaseException:
@@ -145,12 +146,6 @@ class Objecter:
         req.done_at_commit = wait_commit
         self._place(req)
         return req
-
-    def _enqueue(self, pool: int, oid: str, ops: Sequence, write: bool,
-                 snapc: tuple[int, list[int]] | None, snapid: int,
-                 read_into: list[memoryview] | None) -> tuple[Request, bool]:
-        req = self._new_request(pool, oid, ops, write, snapc, snapid, read_into)
-        return req, self._place(req)
 
     def _new_request(self, pool: int, oid: str, ops: Sequence, write: bool,
                      snapc: tuple[int, list[int]] | None, snapid: int,

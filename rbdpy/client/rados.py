@@ -73,6 +73,12 @@ class Rados:
         """Run ``await fn(*args)`` on the cluster thread; block until it is done."""
         return self._bridge.call(fn, *args)
 
+    def run_started(self, start: Callable[..., bool], fn: Callable[..., Awaitable[T]],
+                    *args: Any) -> T | None:
+        """``run``, trying the task-free ``start(*args, done)`` first (see
+        ``ThreadBridge.call_started``)."""
+        return self._bridge.call_started(start, fn, *args)
+
     def close(self) -> None:
         if self._stop is not None and self._thread.is_alive():
             try:
@@ -146,7 +152,7 @@ class SyncImage:
 
     def read(self, offset: int, buf: bytearray | memoryview) -> None:
         img = self.image
-        self.rados._bridge.call_started(img.start_read, img.read, offset, _mv(buf))
+        self.rados.run_started(img.start_read, img.read, offset, _mv(buf))
 
     def pread(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)
@@ -155,7 +161,7 @@ class SyncImage:
 
     def write(self, offset: int, buf: bytes | bytearray | memoryview, fua: bool = False) -> None:
         img = self.image
-        self.rados._bridge.call_started(img.start_write, img.write_fua, offset, _mv(buf), fua)
+        self.rados.run_started(img.start_write, img.write, offset, _mv(buf), fua)
 
     def discard(self, offset: int, length: int, fua: bool = False) -> None:
         self.rados.run(lambda: self.image.discard(offset, length, fua=fua))

@@ -294,8 +294,7 @@ class Image:
             return False
         ex = exts[0]
         if not fua:
-            buf = self._own_copy(buf) if length >= POOL_MIN else memoryview(bytes(buf))
-            self.copied_bytes += length
+            buf = self._own_copy(buf)
         oid = data_oid(self.id, ex.objectno)
 
         def fin(req: Request) -> None:
@@ -306,7 +305,7 @@ class Image:
                             write=True, wait_commit=fua, on_done=fin)
         return True
 
-    async def write(self, offset: int, buf: memoryview, *, fua: bool = False) -> None:
+    async def write(self, offset: int, buf: memoryview, fua: bool = False) -> None:
         """Write ``buf`` at ``offset``; returns once applied (readable, durable after
         ``flush``), or once durable if ``fua``.
 
@@ -318,8 +317,7 @@ class Image:
         length = len(buf)
         self._check(offset, length, write=True)
         if not fua:
-            buf = self._own_copy(buf) if length >= POOL_MIN else memoryview(bytes(buf))
-            self.copied_bytes += length
+            buf = self._own_copy(buf)
         exts = map_extents(self.layout, offset, length)
         if len(exts) == 1:
             await self._write_extent(exts[0], buf, fua)
@@ -328,14 +326,14 @@ class Image:
             for ex in exts:
                 n.start_soon(self._write_extent, ex, buf, fua)
 
-    async def write_fua(self, offset: int, buf: memoryview, fua: bool) -> None:
-        """``write`` with ``fua`` positional: the fallback of ``start_write``."""
-        await self.write(offset, buf, fua=fua)
-
     def _own_copy(self, buf: memoryview) -> memoryview:
-        """A copy of a large write in a recycled buffer: fresh multi-MiB allocations cost an
-        mmap and a page fault per 4 KiB. Earlier copies go back to the pool once nothing
-        references them any more (committed, and acknowledged by the messenger)."""
+        """The one copy of a non-FUA write (see ``write``), counted in ``copied_bytes``.
+        Large ones go to a recycled buffer: fresh multi-MiB allocations cost an mmap and a
+        page fault per 4 KiB. Earlier copies go back to the pool once nothing references
+        them any more (committed, and acknowledged by the messenger)."""
+        self.copied_bytes += len(buf)
+        if len(buf) < POOL_MIN:
+            return memoryview(bytes(buf))
         lent, pool = self._tx_lent, self._tx_pool
         while lent and pool.try_give_back(lent[0]):
             lent.popleft()
