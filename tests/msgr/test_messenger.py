@@ -685,3 +685,73 @@ async def test_wait_for_room_waits_while_the_peer_is_unreachable() -> None:
 
 async def _ignore(peer: Peer, msg: Message) -> None:
     pass
+
+
+# ---- big data sections and the reader's low-water mark ---------------------------------------
+
+
+async def _framed_big_message(addr: tuple[str, int], me: EntityName, data: bytes
+                              ) -> tuple[trio.SocketStream, bytes]:
+    """A hand-driven client, handshake done, and the bytes of one REQ message carrying
+    ``data`` (the tests pace those bytes themselves)."""
+    stream = await trio.open_tcp_stream(*addr)
+    conn = Connection(me, random.getrandbits(62) | 1, client=True, session=Session())
+    out = b"".join(conn.data_to_send())
+    conn.sent(len(out))
+    await stream.send_all(out)
+    while not conn.open:
+        got = await stream.receive_some(4096)
+        assert got, "server closed during the handshake"
+        conn.feed(got)
+    conn.send_message(Message(type=REQ, tid=7, data=BioChain.from_buffer(data)))
+    return stream, b"".join(conn.data_to_send())
+
+
+async def test_a_slowly_arriving_data_section_is_delivered_and_not_taken_for_a_dead_peer(
+) -> None:
+    """The reader waits for a big data section with SO_RCVLOWAT (up to 512 KiB): epoll stays
+    quiet while less than that is queued, so its reads, and the keepalive clock they feed,
+    stop. Bytes dribbling in more slowly than the keepalive timeout must still count as a
+    live peer, and the message must arrive whole."""
+    got: list[bytes] = []
+    done = trio.Event()
+
+    async def dispatch(peer: Peer, msg: Message) -> None:
+        got.append(msg.data_bytes())
+        done.set()
+
+    data = rand_bytes(1 << 20, 11)
+    with trio.fail_after(15):
+        async with Messenger(SRV, SimpleDispatcher(dispatch), keepalive_interval=0.05,
+                             keepalive_timeout=0.3) as server:
+            addr = await server.listen()
+            stream, frame = await _framed_big_message(addr, EntityName(1, 60), data)
+            head = len(frame) - len(data) - 13  # tag+header before the data, footer after
+            await stream.send_all(frame[: head + (64 << 10)])
+            pos, piece = head + (64 << 10), 16 << 10
+            while pos < len(frame):  # 16 KiB every 40 ms: 512 KiB take ~1.3 s > 0.3 s
+                await stream.send_all(frame[pos: pos + piece])
+                pos += piece
+                await trio.sleep(0.04)
+            await done.wait()
+            assert got == [data]
+            await stream.aclose()
+            server.shutdown()
+
+
+async def test_a_peer_gone_mid_data_section_is_dropped_at_once() -> None:
+    """EOF in the middle of a big data section ends the reader's low-water-mark wait: the
+    connection is dropped at once, not after the (here 30 s) keepalive timeout."""
+    async def dispatch(peer: Peer, msg: Message) -> None:
+        raise AssertionError("a truncated message was dispatched")
+
+    with trio.fail_after(5):
+        async with Messenger(SRV, SimpleDispatcher(dispatch), keepalive_timeout=30) as server:
+            addr = await server.listen()
+            stream, frame = await _framed_big_message(addr, EntityName(1, 61),
+                                                      rand_bytes(1 << 20, 12))
+            await stream.send_all(frame[: 300 << 10])
+            await trio.sleep(0.2)  # the reader is now waiting for the rest
+            await stream.send_eof()
+            assert await _dropped(stream)
+            server.shutdown()
