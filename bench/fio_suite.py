@@ -148,6 +148,15 @@ class Target:
         finally:
             subprocess.run([*self.rb, "cluster", "down"], capture_output=True)
 
+    def discard(self, image: str) -> None:
+        """Remove a used export, as ``export`` replaces the file target's file: the next
+        round trip then writes into page cache the kernel just freed, for every target
+        alike. (Kept, rbdpy's old images made each round trip grow the page cache into
+        memory this VM had never touched, which costs ~2.4 ms of system time per MiB here
+        against ~0.3 ms for reused pages: measured with plain pwritev, no rbdpy involved.)"""
+        if self.name == "rbdpy":
+            subprocess.run([*self.rb, "rm", image], check=True, capture_output=True)
+
     def export(self, image: str, size: str) -> contextlib.AbstractContextManager[str]:
         """A new, empty export of ``size`` bytes; the context gives its NBD URI."""
         if self.name == "memory":
@@ -260,6 +269,7 @@ def run_convert(target: Target, src: Path, dst: Path, repeat: int) -> dict:
     for rep in range(repeat):
         with target.export(f"convert{rep}", str(size)) as uri:
             i, o, good = time_convert(uri, src, dst)
+        target.discard(f"convert{rep}")
         ins.append(i)
         outs.append(o)
         ok = ok and good
