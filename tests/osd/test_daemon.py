@@ -60,6 +60,24 @@ async def test_every_op(osd) -> None:  # noqa: ANN001
         assert r.result == 0 and r.flags & O.FLAG_COMMIT and r.version > 0
         await obj.submit(s, "o", [O.Create(False)], write=True)  # non-exclusive: fine
         await expect_err(errno.EEXIST, obj.submit(s, "o", [O.Create(True)], write=True))
+        # one vector creating a new object exclusively, writing it and setting xattrs
+        buf = bytearray(os.urandom(20000))
+        r = await obj.submit(s, "v", [O.Create(True), O.Write(10, memoryview(buf)[:9000]),
+                                      O.SetXattr("a", b"1"), O.SetXattr("b", b"xyz")],
+                             write=True, wait_commit=True)
+        assert r.result == 0 and r.flags & O.FLAG_COMMIT
+        # mixed read and write vectors
+        r = await obj.submit(s, "v", [O.Stat(), O.GetXattr("b"), O.GetXattrs(),
+                                      O.SparseRead(0, 1 << 20)], write=False)
+        st, xb, xs, (extents, data) = (x.out for x in r.results)
+        assert st.size == 9010 and xb == b"xyz" and xs == {"a": b"1", "b": b"xyz"}
+        assert sum(n for _o, n in extents) == sum(len(d) for d in data) >= 9000
+        await obj.submit(s, "v", [O.Zero(100, 50), O.Truncate(5000), O.RmXattr("a")],
+                         write=True)
+        r = await obj.submit(s, "v", [O.Read(0, 6000), O.GetXattrs()], write=False)
+        got = b"".join(r.results[0].out)
+        assert len(got) == 5000 and got[110:150] == bytes(40)
+        assert got[:100] == bytes(10) + bytes(buf[:90]) and r.results[1].out == {"b": b"xyz"}
         # write (unaligned, from a slice of a bigger buffer) and read into the reader's buffer
         src = bytearray(os.urandom(3 * BS))
         await obj.submit(s, "o", [O.Write(1000, memoryview(src)[5:9005])], write=True)
@@ -119,6 +137,7 @@ async def test_every_op(osd) -> None:  # noqa: ANN001
         # version and existence guards
         r = await obj.submit(s, "o", [O.Stat()], write=False)
         v = r.results[0].out.version
+        assert r.results[0].out.size == 4
         await obj.submit(s, "o", [O.AssertVersion(v), O.AssertExists()], write=False)
         await expect_err(errno.ERANGE, obj.submit(s, "o", [O.AssertVersion(v + 1)],
                                                   write=False))
@@ -128,8 +147,9 @@ async def test_every_op(osd) -> None:  # noqa: ANN001
         lk = {"name": "l", "owner": "me", "cookie": "c"}
         await obj.submit(s, "o", [O.Call("lock", "lock", json.dumps(lk).encode())],
                          write=True)
-        await expect_err(errno.EBUSY, obj.submit(s, "o", [O.Call("lock", "lock", json.dumps(
-            {**lk, "owner": "other"}).encode())], write=True))
+        for other in ({**lk, "owner": "other"}, {**lk, "owner": "other", "cookie": "d"}):
+            await expect_err(errno.EBUSY, obj.submit(s, "o", [O.Call(
+                "lock", "lock", json.dumps(other).encode())], write=True))
         r = await obj.submit(s, "dir", [O.Call("rbd", "dir_add", json.dumps(
             {"name": "img", "id": "abc"}).encode())], write=True)
         assert r.results[0].out == b""
@@ -150,14 +170,15 @@ async def test_every_op(osd) -> None:  # noqa: ANN001
             if nxt is None:
                 break
             marker = nxt
-        assert names == sorted(["o", "sp", "dir", "p0", "p1", "p2", "p3", "p4"])
+        assert names == sorted(["o", "v", "sp", "dir", "p0", "p1", "p2", "p3", "p4"])
         # delete
         await obj.submit(s, "o", [O.Delete()], write=True)
         await expect_err(errno.ENOENT, obj.submit(s, "o", [O.Stat()], write=False))
         await expect_err(errno.ENOENT, obj.submit(s, "o", [O.Read(0, 1)], write=False))
         await expect_err(errno.ENOENT, obj.submit(s, "o", [O.Delete()], write=True))
-        await expect_err(errno.EFBIG, obj.submit(s, "big", [O.Write(64 << 20, b"x")],
-                                                 write=True))
+        for off in (40 << 20, 64 << 20):  # past the 32 MiB object size limit
+            await expect_err(errno.EFBIG, obj.submit(s, "big", [O.Write(off, b"x")],
+                                                     write=True))
         await obj.flush()
 
 
@@ -171,7 +192,7 @@ async def test_failing_guard_leaves_the_whole_vector_unapplied(osd) -> None:  # 
         rest = [O.Write(0, b"AFTER!" * 2000), O.SetXattr("k2", b"x"), O.RmXattr("k"),
                 O.Truncate(10), O.Zero(0, 100), O.Call("rbd", "dir_add", json.dumps(
                     {"name": "n", "id": "i"}).encode())]
-        for pos in (0, 3, len(rest)):  # the guard first, in the middle, last
+        for pos in (0, 1, 3, len(rest)):  # first, after the write, in the middle, last
             vec = [*rest[:pos], O.CmpXattr("k", 1, O.CMP_STRING, b"no"), *rest[pos:]]
             await expect_err(errno.ECANCELED, obj.submit(POOL, "g", vec, write=True))
             vec = [*rest[:pos], O.AssertVersion(st0.version + 7), *rest[pos:]]
@@ -207,11 +228,16 @@ def parse_block(raw: bytes, objno: int, blk: int) -> int:
 
 
 class CrashModel:
-    """What was written where (write ids) and what was flushed; checks a recovered object."""
+    """What was written where (write ids) and what was flushed; checks a recovered object.
 
-    def __init__(self, nobj: int, nblk: int) -> None:
-        self.nobj, self.nblk = nobj, nblk
-        self.oids = [f"rbd_data.k9.{i:016x}" for i in range(nobj)]
+    Two writers run at once: bursts of concurrent writes over the first ``nobj`` objects of
+    ``nblk`` blocks, and one-at-a-time writes (each acked before the next) over one more
+    object of ``seq_nblk`` blocks. Each flushes after every burst."""
+
+    def __init__(self, nobj: int, nblk: int, seq_nblk: int = 256) -> None:
+        self.nobj, self.nblk, self.seq = nobj, nblk, nobj
+        self.nblks = [nblk] * nobj + [seq_nblk]
+        self.oids = [f"rbd_data.k9.{i:016x}" for i in range(nobj + 1)]
         self.written: dict[tuple[int, int], set[int]] = {}
         self.flushed: dict[tuple[int, int], int] = {}
         self.latest: dict[tuple[int, int], int] = {}
@@ -234,20 +260,39 @@ class CrashModel:
                 for _ in range(rnd.randint(8, 48)):
                     n.start_soon(self.write, obj, rnd.randrange(self.nobj),
                                  rnd.randrange(self.nblk))
-            snap = dict(self.latest)
-            await obj.flush()
-            self.flushed.update(snap)
+            await self.flush(obj)
             nflush += 1
             if nflush >= kill_after:
                 flushed_enough.set()
 
+    async def sequential(self, obj: Objecter, rnd: random.Random,
+                         flushed_enough: trio.Event, kill_after: int) -> None:
+        """Block writes one at a time (acked, not committed), a flush after every 5-40."""
+        nflush = 0
+        while True:
+            for _ in range(rnd.randint(5, 40)):
+                await self.write(obj, self.seq, rnd.randrange(self.nblks[self.seq]))
+            await self.flush(obj)
+            nflush += 1
+            if nflush >= kill_after:
+                flushed_enough.set()
+
+    async def flush(self, obj: Objecter) -> None:
+        # every write in latest has its tid (see write), so the flush covers it
+        snap = dict(self.latest)
+        await obj.flush()
+        self.flushed.update(snap)
+
     async def crash_round(self, port: int, h, seed: int) -> None:  # noqa: ANN001
-        rnd = random.Random(seed)
-        flushed_enough = trio.Event()
+        rnd, seq_rnd = random.Random(seed), random.Random(seed + 1000)
+        flushed_enough = [trio.Event(), trio.Event()]
         self.latest = {}  # writes cut off by the last kill were never acked: not flushed
         async with client(port) as obj, trio.open_nursery() as n:
-            n.start_soon(self.stream, obj, rnd, flushed_enough, rnd.randint(2, 6))
-            await flushed_enough.wait()
+            n.start_soon(self.stream, obj, rnd, flushed_enough[0], rnd.randint(2, 6))
+            n.start_soon(self.sequential, obj, seq_rnd, flushed_enough[1],
+                         seq_rnd.randint(1, 3))
+            for ev in flushed_enough:
+                await ev.wait()
             while not obj.uncommitted:  # kill with writes in flight
                 await trio.sleep(0)
             self.kills_with_inflight += 1
@@ -256,13 +301,14 @@ class CrashModel:
 
     async def check(self, obj: Objecter) -> None:
         for o, oid in enumerate(self.oids):
+            nblk = self.nblks[o]
             try:
-                data = await read(obj, oid, 0, self.nblk * BS)
+                data = await read(obj, oid, 0, nblk * BS)
             except OSDError as e:
                 assert e.errno == errno.ENOENT and not any(k[0] == o for k in self.flushed)
                 continue
-            data = data.ljust(self.nblk * BS, b"\0")
-            for b in range(self.nblk):
+            data = data.ljust(nblk * BS, b"\0")
+            for b in range(nblk):
                 w = parse_block(data[b * BS : (b + 1) * BS], o, b)
                 if (o, b) in self.flushed:  # the flushed version or a later one
                     assert w >= self.flushed[(o, b)] and w in self.written[(o, b)], (o, b, w)
@@ -279,7 +325,8 @@ async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd) -> None:  # noq
         async with client(port) as obj:
             await model.check(obj)
     assert model.kills_with_inflight == 3
-    assert len(model.flushed) > model.nobj * model.nblk // 2
+    assert sum(k[0] < model.nobj for k in model.flushed) > model.nobj * model.nblk // 2
+    assert any(k[0] == model.seq for k in model.flushed), "no one-at-a-time write flushed"
 
 
 async def test_flipped_byte_is_eio_and_other_objects_still_served(osd) -> None:  # noqa: ANN001
@@ -350,6 +397,8 @@ async def test_malformed_requests_get_error_replies(osd) -> None:  # noqa: ANN00
     w = O.encode_request([O.Write(0, b"abcdef")], tid=1, oid="x", **kw)
     too_many = bytearray(good.front)
     struct.pack_into("<H", too_many, O._REQ_HEAD.size + 4 + 1 + 8 + 4, O.MAX_OPS + 1)
+    unknown_byte = bytearray(good.front)
+    unknown_byte[-(2 + 2 + 16 + 4 + 1)] = 250  # the opcode of the only op, from the end
     cases = {
         101: (Message(type=O.MSG_OSD_OP, front=b"\x01\x02garbage"), errno.EBADMSG),
         102: (Message(type=O.MSG_OSD_OP, front=bytes(unknown)), errno.EOPNOTSUPP),
@@ -359,6 +408,8 @@ async def test_malformed_requests_get_error_replies(osd) -> None:  # noqa: ANN00
               errno.EBADMSG),  # 3 data bytes where the op says 6
         106: (Message(type=O.MSG_OSD_OP, front=bytes(too_many)), errno.EINVAL),
         107: (Message(type=O.MSG_OSD_OP, front=random.Random(1).randbytes(3000)), None),
+        108: (Message(type=O.MSG_OSD_OP, front=bytes(good.front[:20])), errno.EBADMSG),
+        109: (Message(type=O.MSG_OSD_OP, front=bytes(unknown_byte)), errno.EOPNOTSUPP),
     }
     async with Messenger(me, SimpleDispatcher(on_msg)) as m:
         with trio.fail_after(30):
@@ -407,6 +458,15 @@ async def test_concurrent_unaligned_writes_lose_no_update(osd) -> None:  # noqa:
         off = rnd.randrange(0, size - 9000)
         over.append((off, bytes([i % 255 + 1]) * rnd.randint(1, 9000)))
     order: list[int] = []
+    # overlapping, each started (and given its tid) before the next: model in that order
+    seq_size = 1 << 20
+    seq = []
+    seq_model = bytearray(seq_size)
+    for i in range(300):
+        off = rnd.randrange(0, seq_size - 5000)
+        data = bytes([i % 251 + 1]) * rnd.randint(1, 5000)
+        seq.append((off, data))
+        seq_model[off : off + len(data)] = data
     async with client(port) as a, client(port) as b:
         async def put(obj: Objecter, lo: int, hi: int) -> None:
             await obj.submit(POOL, "nov", [O.Write(lo, memoryview(src)[lo:hi])], write=True)
@@ -416,11 +476,19 @@ async def test_concurrent_unaligned_writes_lose_no_update(osd) -> None:  # noqa:
             order.append(i)  # no checkpoint between this and the tid being assigned
             await a.submit(POOL, "ovl", [O.Write(off, data)], write=True)
 
+        async def put_in_order() -> None:
+            async with trio.open_nursery() as n:
+                for off, data in seq:
+                    n.start_soon(lambda o=off, d=data: b.submit(POOL, "seq", [O.Write(o, d)],
+                                                               write=True))
+                    await trio.sleep(0)
+
         async with trio.open_nursery() as n:
             for k, (lo, hi) in enumerate(ranges):
                 n.start_soon(put, (a, b)[k % 2], lo, hi)
             for i in range(len(over)):
                 n.start_soon(put_over, i)
+            n.start_soon(put_in_order)
         await a.flush()
         await b.flush()
         assert await read(b, "nov", 0, 1 << 20) == src
@@ -431,5 +499,8 @@ async def test_concurrent_unaligned_writes_lose_no_update(osd) -> None:  # noqa:
         got = await read(b, "ovl", 0, 1 << 20)
         end = max(off + len(d) for off, d in over)
         assert len(got) == end and got == bytes(model[:end])
+        got = await read(a, "seq", 0, seq_size)
+        end = max(off + len(d) for off, d in seq)
+        assert len(got) == end and got == bytes(seq_model[:end])
     assert sorted(order) == list(range(len(over)))
 

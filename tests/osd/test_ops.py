@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rbdpy.msgr.message import EntityName, Message
@@ -19,10 +19,11 @@ from rbdpy.osd import ops as O
 
 SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+MORE = settings(SETTINGS, max_examples=250)
 U64 = st.integers(0, 2**64 - 1)
 U32 = st.integers(0, 2**32 - 1)
 NAME = st.text(max_size=16)
-BLOB = st.binary(max_size=200)
+BLOB = st.binary(max_size=300)
 DECODE_ERRNOS = {errno.EBADMSG, errno.EINVAL, errno.ENAMETOOLONG, errno.EOPNOTSUPP}
 CLIENT = EntityName(1, 4123)
 HEAD = dict(client=CLIENT, incarnation=7, epoch=3, pool=2, flags=O.FLAG_WRITE, attempt=5)
@@ -31,10 +32,11 @@ HEAD = dict(client=CLIENT, incarnation=7, epoch=3, pool=2, flags=O.FLAG_WRITE, a
 @st.composite
 def payload(draw: st.DrawFn) -> object:
     """Write data in every shape a caller may hand over."""
-    kind = draw(st.sampled_from(["bytes", "bytearray", "list", "numpy"]))
-    if kind == "list":
-        return [bytearray(b) for b in draw(st.lists(st.binary(max_size=600), max_size=4))]
-    raw = draw(st.binary(max_size=2500))
+    kind = draw(st.sampled_from(["bytes", "bytearray", "list", "bytes list", "numpy"]))
+    if kind in ("list", "bytes list"):  # already segmented
+        segs = draw(st.lists(st.binary(max_size=700), max_size=4))
+        return [bytearray(b) for b in segs] if kind == "list" else segs
+    raw = draw(st.binary(max_size=3000))
     if kind == "numpy":
         return np.frombuffer(bytearray(raw), np.uint8)
     return bytearray(raw) if kind == "bytearray" else raw
@@ -82,13 +84,19 @@ def norm(op: O.Op) -> tuple:
     return type(op).__name__, tuple(vals)
 
 
-def rechunk(msg: Message, sizes: list[int]) -> tuple[list[memoryview], Message]:
+def rechunk(msg: Message, sizes: list[int], cuts: list[int] | None = None
+            ) -> tuple[list[memoryview], Message]:
     """What a receiver holds: the wire's data section (bulk then trail) split at arbitrary
-    boundaries into separate buffers, in a BioChain, with no trail."""
+    boundaries into separate buffers (chunks of ``sizes``, cycled) or, given ``cuts``, one
+    received buffer handed over as views cut there; in a BioChain, with no trail."""
     wire = b"".join(msg.data_segments())
     chunks: list[memoryview] = []
+    if cuts is not None:
+        whole = memoryview(bytearray(wire))
+        bounds = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+        chunks = [whole[a:b] for a, b in zip(bounds, bounds[1:])]
     pos, i = 0, 0
-    while pos < len(wire):
+    while cuts is None and pos < len(wire):
         n = sizes[i % len(sizes)] if sizes else len(wire)
         chunks.append(memoryview(bytearray(wire[pos : pos + n])))
         pos += n
@@ -99,10 +107,37 @@ def rechunk(msg: Message, sizes: list[int]) -> tuple[list[memoryview], Message]:
 
 
 def in_chunks(v: memoryview, chunks: list[memoryview]) -> bool:
-    return any(v.obj is c.obj for c in chunks)
+    """``v`` is a view of a received buffer (never a copy)."""
+    return any(v.obj is c.obj for c in chunks) and (not len(v) or np.shares_memory(
+        np.frombuffer(v, np.uint8), np.frombuffer(v.obj, np.uint8)))
+
+
+def shows_changes(v: memoryview) -> bool:
+    """A change to the received byte under ``v[0]`` shows through ``v`` (restored after)."""
+    base = np.frombuffer(v.obj, np.uint8)
+    off = np.frombuffer(v, np.uint8).ctypes.data - base.ctypes.data
+    orig = v[0]
+    v.obj[off] ^= 0xFF
+    seen = v[0] == orig ^ 0xFF
+    v.obj[off] ^= 0xFF
+    return seen
 
 
 SIZES = st.lists(st.integers(1, 97), max_size=6)
+CUTS = st.none() | st.lists(st.integers(0, 10**6), max_size=12)  # None: separate buffers
+CLIENTS = st.builds(EntityName, st.integers(0, 255), U64)
+REQ = st.fixed_dictionaries({
+    "tid": U64,
+    "client": CLIENTS,
+    "incarnation": U64,
+    "epoch": U32,
+    "pool": U64,
+    "flags": U32,
+    "oid": st.text(max_size=40),
+    "snapc": st.none() | st.tuples(U64, st.lists(U64, max_size=5)),
+    "snapid": U64,
+    "attempt": U32,
+})
 
 
 def request(ops: list[O.Op], tid: int = 11, **kw: object) -> Message:
@@ -133,28 +168,29 @@ def patched(msg: Message, at: int, fmt: str, value: int) -> Message:
 # ---- requests: round trips --------------------------------------------------------------------
 
 
-@SETTINGS
-@given(ops=st.lists(OP, max_size=12), tid=U64, oid=st.text(max_size=40),
-       snapc=st.none() | st.tuples(U64, st.lists(U64, max_size=6)), snapid=U64,
-       flags=U32, attempt=U32, sizes=SIZES)
-def test_request_round_trips_at_any_segmentation(ops: list[O.Op], tid: int, oid: str,
-                                                 snapc: tuple | None, snapid: int,
-                                                 flags: int, attempt: int,
-                                                 sizes: list[int]) -> None:
-    msg = O.encode_request(ops, tid=tid, client=CLIENT, incarnation=9, epoch=77, pool=3,
-                           oid=oid, flags=flags, snapc=snapc, snapid=snapid, attempt=attempt)
-    assert msg.type == O.MSG_OSD_OP and msg.tid == tid
-    chunks, rx = rechunk(msg, sizes)
+@MORE
+@given(ops=st.lists(OP, max_size=O.MAX_OPS), kw=REQ, sizes=SIZES, cuts=CUTS)
+def test_request_round_trips_at_any_segmentation(ops: list[O.Op], kw: dict, sizes: list[int],
+                                                 cuts: list[int] | None) -> None:
+    msg = O.encode_request(ops, **kw)
+    assert msg.type == O.MSG_OSD_OP and msg.tid == kw["tid"]
+    chunks, rx = rechunk(msg, sizes, cuts)
     req = O.decode_request(rx)
-    assert (req.tid, req.client, req.incarnation, req.epoch, req.pool, req.oid, req.flags,
-            req.snapid, req.attempt) == (tid, CLIENT, 9, 77, 3, oid, flags, snapid, attempt)
-    assert (req.snapc or (0, [])) == ((snapc[0], snapc[1]) if snapc else (0, []))
-    assert req.reqid == (CLIENT.type, CLIENT.num, 9, tid)
+    for k in ("tid", "client", "incarnation", "epoch", "pool", "flags", "oid", "snapid",
+              "attempt"):
+        assert getattr(req, k) == kw[k], k
+    snapc = kw["snapc"]
+    assert (req.snapc or (0, [])) == ((snapc[0], list(snapc[1])) if snapc else (0, []))
+    client = kw["client"]
+    assert req.reqid == (client.type, client.num, kw["incarnation"], kw["tid"])
     assert [norm(o) for o in req.ops] == [norm(o) for o in ops]
     assert req.is_write == any(o.MUTATES for o in ops)
     for op in req.ops:  # decoded payloads are views of the received buffers
         if isinstance(op, O.Write | O.WriteFull):
             assert all(isinstance(v, memoryview) and in_chunks(v, chunks) for v in op.data)
+    first = next((v for op in req.ops if isinstance(op, O.Write | O.WriteFull)
+                  for v in op.data if len(v)), None)
+    assert first is None or shows_changes(first)  # a change to the received bytes shows
 
 
 def test_request_received_into_pages() -> None:
@@ -189,15 +225,21 @@ def test_write_payloads_are_views_of_the_callers_buffers() -> None:
     arr = np.arange(5000, dtype=np.uint32)  # not bytes-shaped: viewed as bytes, not copied
     mv = memoryview(buf)
     msg = request([O.Write(0, buf), O.Write(8, [mv[10:20], mv[100:9000]]),
-                   O.WriteFull(arr), O.SetXattr("a", b"b")])
+                   O.WriteFull(arr), O.SetXattr("a", b"b"), O.Write(7, mv[100:5100]),
+                   O.WriteFull([mv[0:10], mv[19000:]])])
     segs = msg.data.segments()
-    assert isinstance(msg.data, BioChain) and [len(s) for s in segs] == [20000, 10, 8900,
-                                                                           20000]
-    assert segs[0].obj is buf and segs[1].obj is buf and segs[2].obj is buf
+    assert isinstance(msg.data, BioChain) and [len(s) for s in segs] == [
+        20000, 10, 8900, 20000, 5000, 10, 1000]
+    assert all(segs[i].obj is buf for i in (0, 1, 2, 4, 5, 6))
     assert np.shares_memory(np.frombuffer(segs[3], np.uint8), arr)
     buf[150] ^= 0xFF  # a change in the caller's buffer is what goes on the wire
+    buf[19999] ^= 0xFF
     arr[0] = 0xDEADBEEF
     assert segs[2][50] == buf[150] and bytes(segs[3][:4]) == struct.pack("<I", 0xDEADBEEF)
+    assert segs[4][50] == buf[150] and segs[6][-1] == buf[19999]
+    # the small trail (xattr name and value) follows the bulk data
+    assert msg.trail is not None and msg.trail.tobytes() == b"ab"
+    assert msg.data_len == 20000 + 10 + 8900 + 20000 + 5000 + 10 + 1000 + 2
 
 
 @SETTINGS
@@ -237,12 +279,16 @@ def test_slice_segments(parts: list[bytes], data: st.DataObject) -> None:
 
 @st.composite
 def sparse_out(draw: st.DrawFn) -> tuple[list[tuple[int, int]], list[bytes]]:
-    data = draw(st.lists(st.binary(min_size=1, max_size=300), max_size=4))
-    return [(i * 1000, len(d)) for i, d in enumerate(data)], data
+    data = draw(st.lists(st.binary(min_size=1, max_size=500), max_size=4))
+    if draw(st.booleans()):  # any offsets, in any order
+        offs = draw(st.lists(U64, min_size=len(data), max_size=len(data)))
+    else:
+        offs = [i * 1000 for i in range(len(data))]
+    return [(o, len(d)) for o, d in zip(offs, data)], data
 
 
 OUTPUTS = {
-    O.Read: st.binary(max_size=3000) | st.lists(st.binary(max_size=700), max_size=3),
+    O.Read: st.binary(max_size=3000) | st.lists(st.binary(max_size=2000), max_size=3),
     O.SparseRead: sparse_out(),
     O.Stat: st.builds(O.StatResult, U64, st.floats(allow_nan=False), U64),
     O.GetXattr: BLOB,
@@ -255,9 +301,9 @@ OUTPUTS = {
 @st.composite
 def op_results(draw: st.DrawFn) -> list[tuple[O.Op, int, object]]:
     out = []
-    for op in draw(st.lists(OP, max_size=10)):
+    for op in draw(st.lists(OP, max_size=20)):
         if draw(st.integers(0, 5)) == 0:
-            out.append((op, -draw(st.integers(1, 150)), None))
+            out.append((op, -draw(st.integers(1, 200)), None))
         else:
             strat = OUTPUTS.get(type(op))
             out.append((op, 0, draw(strat) if strat is not None else None))
@@ -274,21 +320,27 @@ def plain(op: O.Op, out: object) -> object:
     return out
 
 
-@SETTINGS
+@MORE
 @given(res=op_results(), tid=U64, result=st.integers(-2**31, 2**31 - 1), version=U64,
-       flags=st.sampled_from([O.FLAG_ACK, O.FLAG_COMMIT, O.FLAG_ACK | O.FLAG_COMMIT]),
-       sizes=SIZES)
+       flags=st.sampled_from([O.FLAG_ACK, O.FLAG_COMMIT, O.FLAG_ACK | O.FLAG_COMMIT]) | U32,
+       epoch=U32, attempt=U32, sizes=SIZES, cuts=CUTS, with_results=st.booleans())
 def test_reply_round_trips_at_any_segmentation(res: list, tid: int, result: int,
-                                               version: int, flags: int,
-                                               sizes: list[int]) -> None:
+                                               version: int, flags: int, epoch: int,
+                                               attempt: int, sizes: list[int],
+                                               cuts: list[int] | None,
+                                               with_results: bool) -> None:
     ops = [op for op, _r, _o in res]
-    msg = O.encode_reply(tid=tid, result=result, version=version, flags=flags, epoch=4,
-                         attempt=2, op_results=res)
+    msg = O.encode_reply(tid=tid, result=result, version=version, flags=flags, epoch=epoch,
+                         attempt=attempt, op_results=res if with_results else [])
     assert msg.type == O.MSG_OSD_OPREPLY and msg.trail is None
-    chunks, rx = rechunk(msg, sizes)
+    chunks, rx = rechunk(msg, sizes, cuts)
     rep = O.decode_reply(rx, ops)
     assert (rep.tid, rep.result, rep.version, rep.flags, rep.epoch, rep.attempt) == (
-        tid, result, version, flags, 4, 2)
+        tid, result, version, flags, epoch, attempt)
+    if not with_results:  # e.g. a commit or an error reply
+        assert rep.results == []
+        return
+    assert len(rep.results) == len(ops)
     for (op, r, out), got in zip(res, rep.results, strict=True):
         assert got.result == r
         if r < 0 or not op.HAS_OUTPUT:
@@ -317,14 +369,16 @@ def test_commit_and_error_replies_carry_no_results() -> None:
 
 
 def test_failed_ops_outputs_are_dropped_and_empty_values_kept() -> None:
-    ops = [O.Read(0, 10), O.GetXattr("k"), O.Call("c", "m", b""), O.Stat(), O.Read(0, 0)]
+    ops = [O.Read(0, 10), O.GetXattr("k"), O.Call("c", "m", b""), O.Stat(), O.Read(0, 0),
+           O.Write(0, b"x")]
     msg = O.encode_reply(tid=1, result=-errno.ENOENT, version=0, flags=O.FLAG_ACK, epoch=1,
                          attempt=0, op_results=[(ops[0], -errno.ENOENT, b"junk"),
                                                 (ops[1], 0, b""), (ops[2], 0, b""),
                                                 (ops[3], -errno.ENOENT, None),
-                                                (ops[4], 0, b"")])
+                                                (ops[4], 0, b""), (ops[5], 0, None)])
     assert msg.data is None
-    assert [r.out for r in O.decode_reply(msg, ops).results] == [None, b"", b"", None, []]
+    assert [r.out for r in O.decode_reply(msg, ops).results] == [None, b"", b"", None, [],
+                                                                 None]
 
 
 # ---- reads landing in the reader's buffer -----------------------------------------------------
@@ -431,17 +485,30 @@ def test_data_section_length_must_match_the_ops() -> None:
     expect(O.OpDecodeError, errno.EBADMSG, patched(msg, at, "<I", 2**32 - 1))
 
 
-def test_unknown_and_reserved_opcodes_are_eopnotsupp_with_tid_and_attempt() -> None:
-    msg = request([O.Stat(), O.Write(0, b"x")], tid=99)
-    for code in (0, 500, O.OP_ROLLBACK, O.OP_LIST_SNAPS):
-        e = expect(O.UnknownOpError, errno.EOPNOTSUPP, patched(msg, first_op_at(), "<H", code))
-        assert e.opcode == code and isinstance(e, O.OpDecodeError)
-        assert e.request is not None and e.request.attempt == 5
-        if code == O.OP_ROLLBACK:
-            assert "rollback" in str(e)
-        # the daemon answers with that errno, the tid and the attempt
-        rep = O.decode_reply(O.decode_error_reply(msg, e, epoch=6), [O.Stat(), O.Write(0, b"")])
-        assert (rep.tid, rep.result, rep.attempt, rep.epoch) == (99, -errno.EOPNOTSUPP, 5, 6)
+UNKNOWN_OPCODES = st.integers(0, 0xFFFF).filter(lambda c: c not in O.registered_ops())
+TWO_OPS = [O.Stat(), O.Write(0, b"x")]
+
+
+@MORE
+@given(opcode=UNKNOWN_OPCODES, tid=U64, oid=st.text(max_size=20),
+       snaps=st.lists(U64, max_size=3), ops=st.lists(OP, min_size=1, max_size=5))
+@example(opcode=0, tid=99, oid="rbd_data.1.0", snaps=[4, 2], ops=TWO_OPS)
+@example(opcode=500, tid=99, oid="rbd_data.1.0", snaps=[4, 2], ops=TWO_OPS)
+@example(opcode=O.OP_ROLLBACK, tid=99, oid="rbd_data.1.0", snaps=[4, 2], ops=TWO_OPS)
+@example(opcode=O.OP_LIST_SNAPS, tid=99, oid="rbd_data.1.0", snaps=[4, 2], ops=TWO_OPS)
+def test_unknown_and_reserved_opcodes_are_eopnotsupp_with_tid_and_attempt(
+        opcode: int, tid: int, oid: str, snaps: list[int], ops: list[O.Op]) -> None:
+    msg = request(ops, tid=tid, oid=oid, snapc=(4, snaps))
+    at = first_op_at(oid, len(snaps))
+    assert struct.unpack_from("<H", msg.front, at)[0] == ops[0].OPCODE
+    e = expect(O.UnknownOpError, errno.EOPNOTSUPP, patched(msg, at, "<H", opcode))
+    assert e.opcode == opcode and isinstance(e, O.OpDecodeError)
+    assert e.request is not None and e.request.attempt == 5
+    if opcode == O.OP_ROLLBACK:
+        assert "rollback" in str(e)
+    # the daemon answers with that errno, the tid and the attempt
+    rep = O.decode_reply(O.decode_error_reply(msg, e, epoch=6), ops)
+    assert (rep.tid, rep.result, rep.attempt, rep.epoch) == (tid, -errno.EOPNOTSUPP, 5, 6)
 
 
 def test_header_limits() -> None:
@@ -463,6 +530,8 @@ def test_header_limits() -> None:
 def test_argument_limits_and_values() -> None:
     expect(O.OpDecodeError, errno.ENAMETOOLONG, request([O.GetXattr("n" * (O.MAX_NAME + 1))]))
     expect(O.OpDecodeError, errno.ENAMETOOLONG, request([O.SetXattr("n" * 5000, b"")]))
+    expect(O.OpDecodeError, errno.ENAMETOOLONG,
+           request([O.SetXattr("n" * (O.MAX_NAME + 1), b"")]))
     expect(O.OpDecodeError, errno.ENAMETOOLONG, request([O.Call("c" * 256, "m", b"")]))
     expect(O.OpDecodeError, errno.ENAMETOOLONG, request([O.Call("c", "m" * 256, b"")]))
     expect(O.OpDecodeError, errno.EINVAL, request([O.ListObjects("x" * (O.MAX_OID + 1))]))
@@ -572,25 +641,38 @@ def test_random_requests_raise_only_typed_errors(front: bytes, data: bytes, tid:
         assert e.errno in DECODE_ERRNOS and e.tid == tid
 
 
-@SETTINGS
-@given(ops=st.lists(OP, min_size=1, max_size=6), data=st.data())
-def test_mutated_requests_raise_only_typed_errors(ops: list[O.Op], data: st.DataObject
-                                                  ) -> None:
-    msg = request(ops, tid=17)
-    front = bytearray(msg.front)
-    for _ in range(data.draw(st.integers(1, 4))):
-        front[data.draw(st.integers(0, len(front) - 1))] ^= data.draw(st.integers(1, 255))
-    wire = msg.data_bytes()
-    if wire and data.draw(st.booleans()):
-        cut = data.draw(st.integers(0, len(wire)))
-        wire = wire[:cut] + data.draw(st.binary(max_size=8))
-    sizes = data.draw(SIZES)
-    _, rx = rechunk(Message(type=O.MSG_OSD_OP, tid=17, front=bytes(front),
-                            data=BioChain([wire]) if wire else None), sizes)
+def typed_error(front: bytes, wire: bytes, tid: int, sizes: list[int] | None = None
+                ) -> O.OpDecodeError | None:
+    """Decode a request; any failure must be a typed error carrying the tid."""
+    _, rx = rechunk(Message(type=O.MSG_OSD_OP, tid=tid, front=front,
+                            data=BioChain([wire]) if wire else None), sizes or [])
     try:
         O.decode_request(rx)
     except O.OpDecodeError as e:
-        assert e.errno in DECODE_ERRNOS and e.tid == 17
+        assert e.errno in DECODE_ERRNOS and e.tid == tid, e
+        return e
+    return None
+
+
+@MORE
+@given(ops=st.lists(OP, min_size=1, max_size=8), kw=REQ, data=st.data())
+def test_mutated_requests_raise_only_typed_errors(ops: list[O.Op], kw: dict,
+                                                  data: st.DataObject) -> None:
+    msg = O.encode_request(ops, **kw)
+    tid, wire = kw["tid"], msg.data_bytes()
+    # any strict prefix of a front is truncated; a data section one byte short or long too
+    cut = data.draw(st.integers(0, len(msg.front) - 1))
+    assert typed_error(bytes(msg.front[:cut]), wire, tid) is not None
+    if wire:
+        for bad in (wire[:-1], wire + b"\0"):
+            assert typed_error(bytes(msg.front), bad, tid) is not None
+    front = bytearray(msg.front)
+    for _ in range(data.draw(st.integers(1, 4))):
+        front[data.draw(st.integers(0, len(front) - 1))] ^= data.draw(st.integers(1, 255))
+    if wire and data.draw(st.booleans()):
+        cut = data.draw(st.integers(0, len(wire)))
+        wire = wire[:cut] + data.draw(st.binary(max_size=8))
+    typed_error(bytes(front), wire, tid, data.draw(SIZES))
 
 
 @settings(max_examples=300, deadline=None)
@@ -601,12 +683,14 @@ def test_random_and_mutated_replies_raise_only_typed_errors(res: list, data: st.
     msg = O.encode_reply(tid=23, result=0, version=1, flags=O.FLAG_ACK, epoch=1, attempt=0,
                          op_results=res)
     front = bytearray(msg.front)
+    wire = msg.data_bytes()
     if data.draw(st.booleans()):
         front = bytearray(data.draw(st.binary(max_size=300)))
+        if data.draw(st.booleans()):  # and a random data section
+            wire = data.draw(st.binary(max_size=200))
     elif front:
         for _ in range(data.draw(st.integers(1, 4))):
             front[data.draw(st.integers(0, len(front) - 1))] ^= data.draw(st.integers(1, 255))
-    wire = msg.data_bytes()
     rx = Message(type=O.MSG_OSD_OPREPLY, tid=23, front=bytes(front),
                  data=BioChain([wire]) if wire else None)
     try:
