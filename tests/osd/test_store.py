@@ -883,7 +883,8 @@ class ModelStore:
                     return errno.EINVAL
                 if data is None:
                     data, xattrs = bytearray(), {}
-                xattrs[op[1]] = (xattrs.pop(op[1], b"") + op[2])[-op[3]:] if op[3] else b""
+                old = xattrs.pop(op[1], b"")  # moves it last, whatever it keeps
+                xattrs[op[1]] = (old + op[2])[-op[3]:] if op[3] else b""
                 continue
             elif k == "rmxattr":
                 if data is None:
