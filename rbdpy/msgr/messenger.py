@@ -140,6 +140,7 @@ class Messenger:
         lossy: bool = False,
         keepalive_interval: float = 5.0,
         keepalive_timeout: float = 20.0,
+        ack_delay: float = 0.005,
         backoff: tuple[float, float] = (0.02, 2.0),
         auth: bytes = b"",
     ) -> None:
@@ -150,6 +151,7 @@ class Messenger:
         self.lossy = lossy
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
+        self.ack_delay = ack_delay  # longest an owed ACK waits for a frame to ride on
         self.backoff = backoff
         self.auth = auth
         self.nonce = random.getrandbits(63) | 1
@@ -294,6 +296,7 @@ class Messenger:
                 for task in (self._reader, self._writer):
                     nursery.start_soon(self._guard, task, state, conn, sock)
                 nursery.start_soon(self._keepalive, state, conn)
+                nursery.start_soon(self._acker, state, conn)
         finally:
             self.copied_bytes += conn.copied_bytes
             conn.copied_bytes = 0
@@ -355,6 +358,9 @@ class Messenger:
                 streak = YIELD_EVERY
             if state.peer is not None:
                 state.peer._made_room()  # acks may have come in: let producers re-check
+            if not state.ack_armed and conn.ack_pending():
+                state.ack_armed = True  # an ACK is owed: it rides on our next frame, or
+                state.ack_wake.set()  # goes alone when the ack timer fires (Connection)
             if conn.has_output():
                 if state.peer is not None:
                     state.peer.kick()
@@ -441,6 +447,20 @@ class Messenger:
             if state.peer is not None:
                 state.peer.kick()
 
+    async def _acker(self, state: _Driven, conn: Connection) -> None:
+        """Send an owed ACK alone once it waited ``ack_delay`` with nothing to ride on."""
+        while True:
+            await state.ack_wake.wait()
+            state.ack_wake = trio.Event()
+            await trio.sleep(self.ack_delay)
+            state.ack_armed = False
+            if conn.ack_pending():
+                conn.flush_ack()
+                if state.peer is not None:
+                    state.peer.kick()
+                else:
+                    state.wake.set()
+
     async def _handle(self, state: _Driven, conn: Connection, events: list[Event]) -> None:
         d = self.dispatcher
         for ev in events:
@@ -499,6 +519,8 @@ class _Driven:
         self.finished = False
         self.nursery: trio.Nursery | None = None
         self.lowat = 1  # the reader's SO_RCVLOWAT: above 1, data can queue unread a while
+        self.ack_armed = False  # the ack timer runs (see Messenger._acker)
+        self.ack_wake = trio.Event()
         self.raw: _stdsocket.socket | None = None
 
 

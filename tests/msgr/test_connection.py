@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rbdpy.msgr.connection import (
+    ACK_AFTER,
     BANNER,
     CONNECT,
     CONNECT_REPLY,
@@ -152,7 +153,11 @@ class Link:
                     budget -= len(data)
                 ev += deliver(b, data, self.rnd, self.staging, self.direct)
             if not moved:
-                return False
+                owed = [x for x in (self.c, self.s) if not x.faulted and x.ack_pending()]
+                if not owed:
+                    return False
+                for x in owed:  # quiet with ACKs owed: the drivers' ack timers fire
+                    x.flush_ack()
         raise AssertionError("the connections never went quiet")
 
     def cut(self, eof_both: bool = True) -> None:
@@ -381,6 +386,8 @@ def test_single_byte_feeding_of_everything(direct: bool) -> None:
     directs = 0
     for _ in range(6):
         for a, b, ev in ((c, s, sev), (s, c, cev)):
+            if a.ack_pending():
+                a.flush_ack()  # the driver's ack timer (the exchange is one-way)
             out = b"".join(a.data_to_send())
             a.sent(len(out))
             for i in range(len(out)):
@@ -908,6 +915,8 @@ def test_acks_shrink_sent_as_they_arrive() -> None:
     # deliver half the messages: the server's ack covers exactly those
     frame = len(wire) // 10
     link.s.feed(wire[: 5 * frame])
+    assert link.s.ack_pending() and not link.s.data_to_send()  # owed, not yet due
+    link.s.flush_ack()  # the driver's ack timer fired
     ack = b"".join(link.s.data_to_send())
     assert ack == struct.pack("<BQ", 9, 5)
     link.s.sent(len(ack))
@@ -916,6 +925,37 @@ def test_acks_shrink_sent_as_they_arrive() -> None:
     link.s.feed(wire[5 * frame :])
     link.run()
     assert not sess.sent
+
+
+def test_acks_ride_on_outgoing_messages_and_go_alone_only_when_due() -> None:
+    """An owed ACK goes out with the next message, alone only after ACK_AFTER received
+    messages or when the driver's timer calls flush_ack; either way it covers them all."""
+    link = open_link()
+    csess, ssess = link.c.session, link.s.session
+    for i in range(ACK_AFTER - 1):
+        link.c.send_message(plain(i, b"x" * 10))
+    wire = b"".join(link.c.data_to_send())
+    link.c.sent(len(wire))
+    link.s.feed(wire)
+    assert link.s.ack_pending() and not link.s.has_output() and not link.s.data_to_send()
+    # a reply takes the ACK along: the client forgets all it sent, with no frame of its own
+    link.s.send_message(plain(100, b"reply"))
+    out = b"".join(link.s.data_to_send())
+    assert out[:9] == struct.pack("<BQ", 9, ACK_AFTER - 1)
+    link.s.sent(len(out))
+    link.c.feed(out)
+    assert not csess.sent and not link.s.ack_pending()
+    assert link.c.ack_pending() and not link.c.has_output()  # owes the reply's ACK
+    # ACK_AFTER more messages make an ACK due on its own
+    for i in range(ACK_AFTER):
+        link.c.send_message(plain(200 + i, b"y"))
+    wire = b"".join(link.c.data_to_send())
+    link.c.sent(len(wire))
+    assert not link.c.ack_pending()  # the reply's ACK rode on these
+    link.s.feed(wire)
+    assert link.s.has_output()
+    assert b"".join(link.s.data_to_send()) == struct.pack("<BQ", 9, ssess.in_seq)
+    assert ssess.in_seq == 2 * ACK_AFTER - 1
 
 
 @pytest.mark.parametrize("size", [0, 100, 20_000, 200_000])

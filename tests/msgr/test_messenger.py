@@ -638,7 +638,8 @@ async def test_lossy_session_through_chaos_at_most_once_and_reported(seed: int) 
 
 async def test_wait_for_room_bounds_the_backlog_and_everything_arrives() -> None:
     """Peer.wait_for_room: a producer is held back while its backlog is full, and released
-    as the peer's acks come in (no polling)."""
+    as the peer's acks come in (no polling). The receiver never replies and the window (4)
+    is below ACK_AFTER, so only its ack timer releases the producer (without: deadlock)."""
     got: list[int] = []
 
     async def on_msg(peer: Peer, msg: Message) -> None:
