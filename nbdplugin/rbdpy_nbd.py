@@ -38,17 +38,20 @@ from rbdpy.rbd.image import ImageError  # noqa: E402
 
 API_VERSION = 2
 
-_cfg = {"cluster": None, "image": None, "readonly": False, "pool": "rbd"}
+_cfg = {"cluster": None, "image": None, "readonly": False, "pool": "rbd", "writeback": True}
 _state = {"rados": None, "image": None}
 
 
 def config(key, value):  # noqa: ANN001, ANN201
     if key in ("cluster", "image", "pool"):
         _cfg[key] = value
-    elif key == "readonly":
-        _cfg["readonly"] = value.lower() in ("1", "true", "yes", "on")
+    elif key in ("readonly", "writeback"):
+        if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise RuntimeError(f"{key}={value!r}: want a boolean (1/0, true/false, on/off)")
+        _cfg[key] = value.lower() in ("1", "true", "yes", "on")
     else:
-        raise RuntimeError(f"unknown parameter {key!r} (want cluster=, image=, pool=, readonly=)")
+        raise RuntimeError(f"unknown parameter {key!r} "
+                           "(want cluster=, image=, pool=, readonly=, writeback=)")
 
 
 def config_complete():  # noqa: ANN201
@@ -58,7 +61,9 @@ def config_complete():  # noqa: ANN201
 
 def config_help():  # noqa: ANN201
     return ("cluster=PATH   cluster file or data directory (default $RBDPY_CLUSTER or "
-            "./rbdpy-data)\nimage=NAME     image to serve\nreadonly=1     refuse writes")
+            "./rbdpy-data)\nimage=NAME     image to serve\nreadonly=1     refuse writes\n"
+            "writeback=0    writes wait for the OSD (default 1: they return once sent; "
+            "flush\n               makes them durable and reports any that failed)")
 
 
 def thread_model():  # noqa: ANN201
@@ -70,7 +75,8 @@ def _open_image():  # noqa: ANN202
     rados = Rados(cfg, pool=_cfg["pool"])
     try:
         rados.wait_ready(timeout=10)
-        img = rados.open_image(_cfg["image"], read_only=_cfg["readonly"])
+        img = rados.open_image(_cfg["image"], read_only=_cfg["readonly"],
+                               writeback=_cfg["writeback"])
     except BaseException:
         rados.close()
         raise

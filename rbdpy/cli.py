@@ -279,6 +279,8 @@ def nbdkit_command(args: argparse.Namespace, cfg_path: str) -> list[str]:
     cmd += ["python", plugin_path(), f"cluster={cfg_path}", f"image={args.name}"]
     if args.readonly:
         cmd.append("readonly=1")
+    if getattr(args, "write_through", False):
+        cmd.append("writeback=0")
     return cmd
 
 
@@ -460,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--bind", default="127.0.0.1")
     sv.add_argument("--socket", help="unix socket path instead of TCP")
     sv.add_argument("--readonly", action="store_true")
+    sv.add_argument("--write-through", action="store_true",
+                    help="writes wait for the OSD's ack (default: write-back; flush or FUA "
+                         "makes data durable either way)")
     sv.add_argument("--foreground", action="store_true")
     sv.add_argument("--pidfile")
     sv.set_defaults(fn=cmd_serve)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import signal
 import socket
 import subprocess
@@ -26,6 +28,8 @@ class OSDProc:
             self.port = s.getsockname()[1]
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.file_size_limit: int | None = None  # RLIMIT_FSIZE: a real "disk full" (EFBIG)
+        self.env: dict[str, str] | None = None  # extra environment (fault injection)
 
     @property
     def running(self) -> bool:
@@ -39,7 +43,8 @@ class OSDProc:
                 [sys.executable, "-m", "rbdpy.cli", "--log-level", "info", "osd", "--id",
                  str(self.osd_id), "--data", str(self.data), "--listen",
                  f"127.0.0.1:{self.port}"],
-                stdout=logf, stderr=logf)
+                stdout=logf, stderr=logf, preexec_fn=self._limits,
+                env={**os.environ, **self.env} if self.env else None)
         self.starts += 1
         deadline = time.monotonic() + timeout
         while True:
@@ -54,6 +59,11 @@ class OSDProc:
                     self.kill9()
                     raise RuntimeError("osd did not start listening") from None
                 time.sleep(0.02)
+
+    def _limits(self) -> None:
+        if self.file_size_limit is not None:
+            lim = self.file_size_limit
+            resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -115,11 +115,13 @@ class Objecter:
             # is forgotten entirely, so is a write still queued behind the object's limit
             # (a write that went out stays tracked: it may apply, flush waits for it)
             req.read_into = None
-            if not write:
-                self.inflight.pop(req.tid, None)
-            elif not sent and req.tid not in self.inflight:
-                self._deferred[(pool, oid)].remove(req)
+            if not sent and req.tid not in self.inflight:
+                queue = self._deferred.get((pool, oid))
+                if queue is not None and req in queue:
+                    queue.remove(req)
                 self.uncommitted.pop(req.tid, None)
+            elif not write:
+                self.inflight.pop(req.tid, None)
             raise
         if req.error:
             raise OSDError(req.error, f"{oid}")
@@ -155,10 +157,16 @@ class Objecter:
                        want_commit=write)
 
     def _place(self, req: Request) -> bool:
-        """Track and send (True), or queue behind its object's limit (False)."""
+        """Track and send (True), or queue behind its object's limit (False). A read of an
+        object with writes held back queues behind them: the OSD must see them first, as
+        the caller may already have been told they are done (write-back)."""
         if req.write:
             self.uncommitted[req.tid] = req  # flush waits for it from now on
             return self._admit(req)
+        queue = self._deferred.get((req.pool, req.oid))
+        if queue:
+            queue.append(req)
+            return False
         self.inflight[req.tid] = req
         self._send(req)
         return True
@@ -188,14 +196,20 @@ class Objecter:
 
     def _release(self, key: tuple[int, str]) -> None:
         """A write of this object committed (or failed): its slot goes to the next queued
-        write, if any."""
+        write, if any; reads queued before the next write after that go out too."""
         queue = self._deferred.get(key)
-        if queue:
+        handed = False
+        while queue:
+            if queue[0].write:
+                if handed:
+                    break
+                handed = True
             req = queue.popleft()
-            if not queue:
-                del self._deferred[key]
             self.inflight[req.tid] = req
             self._send(req)
+        if queue is not None and not queue:
+            del self._deferred[key]
+        if handed:
             return
         left = self._per_object[key] - 1
         if left:

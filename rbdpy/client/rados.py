@@ -126,9 +126,11 @@ class Rados:
     def remove_image(self, name: str, progress=None) -> None:  # noqa: ANN001
         self.run(lambda: rbdimage.remove_image(self.objecter, self.pool, name, progress))
 
-    def open_image(self, name: str, *, read_only: bool = False) -> SyncImage:
+    def open_image(self, name: str, *, read_only: bool = False, writeback: bool = True
+                   ) -> SyncImage:
+        """Open an image; ``writeback`` as in ``rbdpy.rbd.image`` (False: write-through)."""
         img = self.run(lambda: rbdimage.Image.open(self.objecter, self.pool, name,
-                                                   read_only=read_only))
+                                                   read_only=read_only, writeback=writeback))
         return SyncImage(self, img)
 
 

@@ -12,6 +12,15 @@ object concurrently. The caller's buffer is sliced, never copied: write extents 
 views, read replies land in the slices. Discard deletes whole objects and zeroes partial
 ranges (so discard and write-zeroes both leave exact zeros); an object's map bit is set
 (and acknowledged) before its first write, so ``extents`` never calls data a hole.
+
+Write-back (default, like librbd's ``rbd cache`` in writeback mode, or a disk with a volatile
+write cache, which is what an NBD server that offers FLUSH tells its clients it has): a
+non-FUA write returns once its data is copied and sent, without waiting for the OSD. Reads
+still see it, because an object's requests reach its OSD in order on one session and the OSD
+executes them in order (the objecter queues a read behind that object's held-back writes).
+At most ``max_dirty`` bytes are out unconfirmed; a writer beyond that waits. An error that
+comes back later is kept and raised by the next ``flush``, as fsync reports a failed
+writeback. ``writeback=False`` makes every write wait for the OSD's ack (write-through).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ DIRECTORY = "rbd_directory"
 Done = Callable[[BaseException | None], None]
 """Completion of a ``start_*`` call: None when done, else the error."""
 MAX_SIZE = 1 << 50
+MAX_DIRTY = 32 << 20  # write-back: bytes sent but not yet committed (librbd: 24 MiB dirty)
 
 
 class ImageError(Exception):
@@ -165,7 +175,8 @@ class Image:
     """An open image (async; used from the objecter's trio loop)."""
 
     def __init__(self, objecter: Objecter, pool: int, info: ImageInfo,
-                 objmap: np.ndarray, read_only: bool = False) -> None:
+                 objmap: np.ndarray, read_only: bool = False, *, writeback: bool = True,
+                 max_dirty: int = MAX_DIRTY) -> None:
         self.objecter = objecter
         self.pool = pool
         self.info = info
@@ -177,10 +188,15 @@ class Image:
         self.copied_bytes = 0  # write data copied (see ``write``)
         self._tx_pool = BufferPool(max_bytes=64 << 20)
         self._tx_lent: deque[int] = deque()
+        self.writeback = writeback
+        self.max_dirty = max_dirty
+        self.dirty_bytes = 0  # write-back writes out and not yet committed
+        self._room = trio.Event()  # set (and replaced) whenever dirty bytes drop
+        self._wb_error: OSDError | None = None  # a failed write-back write, for next flush
 
     @classmethod
-    async def open(cls, objecter: Objecter, pool: int, name: str, *, read_only: bool = False
-                   ) -> Image:
+    async def open(cls, objecter: Objecter, pool: int, name: str, *, read_only: bool = False,
+                   writeback: bool = True) -> Image:
         image_id = await lookup_id(objecter, pool, name)
         try:
             r = await objecter.submit(pool, header_oid(image_id),
@@ -193,7 +209,7 @@ class Image:
         info = ImageInfo(name, h["id"], h["size"], h["order"], h["stripe_unit"],
                          h["stripe_count"], h.get("features", []), h.get("created", 0.0))
         objmap = await cls._load_objmap(objecter, pool, info)
-        return cls(objecter, pool, info, objmap, read_only)
+        return cls(objecter, pool, info, objmap, read_only, writeback=writeback)
 
     @staticmethod
     async def _load_objmap(objecter: Objecter, pool: int, info: ImageInfo) -> np.ndarray:
@@ -293,29 +309,40 @@ class Image:
         if len(exts) != 1 or not self.objmap[exts[0].objectno]:
             return False
         ex = exts[0]
+        behind = self.writeback and not fua
+        if behind and not self._has_room(length):
+            return False  # ``write`` waits for room
         if not fua:
             buf = self._own_copy(buf)
         oid = data_oid(self.id, ex.objectno)
+        op = _write_op(ex, buf)
+        if behind:
+            self.objecter.start(self.pool, oid, [op], write=True, wait_commit=True,
+                                on_done=self._behind(oid, length))
+            done(None)
+            return True
 
         def fin(req: Request) -> None:
             done(OSDError(req.error, oid) if req.error else None)
 
-        self.objecter.start(self.pool, oid,
-                            [O.Write(ex.offset, [buf[o : o + n] for o, n in ex.buffer_extents])],
-                            write=True, wait_commit=fua, on_done=fin)
+        self.objecter.start(self.pool, oid, [op], write=True, wait_commit=fua, on_done=fin)
         return True
 
     async def write(self, offset: int, buf: memoryview, fua: bool = False) -> None:
-        """Write ``buf`` at ``offset``; returns once applied (readable, durable after
-        ``flush``), or once durable if ``fua``.
+        """Write ``buf`` at ``offset``; returns once sent (write-back: readable by later
+        reads, durable after ``flush``), once applied (write-through), or once durable if
+        ``fua``.
 
-        The one copy on the write path is here: a non-FUA write returns at the OSDs' ack,
-        before it is durable, and until its commit the objecter may have to send it again
-        (OSD restart, primary moved), while the caller may reuse its buffer as soon as we
-        return (nbdkit frees it). So it is copied once; FUA writes wait for the commit and
-        send the caller's memory as is."""
+        The one copy on the write path is here: a non-FUA write returns before it is
+        durable, and until its commit the objecter may have to send it again (OSD restart,
+        primary moved), while the caller may reuse its buffer as soon as we return (nbdkit
+        frees it). So it is copied once; FUA writes wait for the commit and send the
+        caller's memory as is."""
         length = len(buf)
         self._check(offset, length, write=True)
+        if self.writeback and not fua:
+            await self._write_behind(offset, buf)
+            return
         if not fua:
             buf = self._own_copy(buf)
         exts = map_extents(self.layout, offset, length)
@@ -325,6 +352,47 @@ class Image:
         async with trio.open_nursery() as n:
             for ex in exts:
                 n.start_soon(self._write_extent, ex, buf, fua)
+
+    async def _write_behind(self, offset: int, buf: memoryview) -> None:
+        """Write-back ``write``: wait for room, copy, set missing map bits (acked: ``extents``
+        and hole reads trust them), send every extent and return without waiting."""
+        length = len(buf)
+        while not self._has_room(length):
+            await self._room.wait()
+        buf = self._own_copy(buf)
+        exts = map_extents(self.layout, offset, length)
+        fresh = [ex.objectno for ex in exts if not self.objmap[ex.objectno]]
+        if len(fresh) == 1:
+            await self._mark_exists(fresh[0])
+        elif fresh:
+            async with trio.open_nursery() as n:
+                for objno in fresh:
+                    n.start_soon(self._mark_exists, objno)
+        for ex in exts:
+            oid = data_oid(self.id, ex.objectno)
+            self.objecter.start(self.pool, oid, [_write_op(ex, buf)], write=True,
+                                wait_commit=True, on_done=self._behind(oid, ex.length))
+
+    def _has_room(self, length: int) -> bool:
+        """Whether a write-back write of ``length`` may go now (one always may when nothing
+        is out, however large)."""
+        return not self.dirty_bytes or self.dirty_bytes + length <= self.max_dirty
+
+    def _behind(self, oid: str, length: int) -> Callable[[Request], None]:
+        """Count a write-back write as dirty until its commit; its completion callback
+        gives the room back and keeps a failure for the next ``flush``."""
+        self.dirty_bytes += length
+
+        def fin(req: Request) -> None:
+            self.dirty_bytes -= length
+            if req.error and self._wb_error is None:
+                self._wb_error = OSDError(req.error, f"write-back to {oid}")
+                log.warning("write-back to %s failed: %s; the next flush reports it", oid,
+                            errno.errorcode.get(req.error, req.error))
+            self._room.set()
+            self._room = trio.Event()
+
+        return fin
 
     def _own_copy(self, buf: memoryview) -> memoryview:
         """The one copy of a non-FUA write (see ``write``), counted in ``copied_bytes``.
@@ -346,9 +414,8 @@ class Image:
 
     async def _write_extent(self, ex, buf: memoryview, fua: bool) -> None:  # noqa: ANN001
         await self._mark_exists(ex.objectno)
-        data = [buf[o : o + n] for o, n in ex.buffer_extents]
         await self.objecter.submit(self.pool, data_oid(self.id, ex.objectno),
-                                   [O.Write(ex.offset, data)], write=True, wait_commit=fua)
+                                   [_write_op(ex, buf)], write=True, wait_commit=fua)
 
     async def _mark_exists(self, objectno: int) -> None:
         """Set the object's map bit (acked) before its first write ever goes out."""
@@ -408,7 +475,14 @@ class Image:
         return osz
 
     async def flush(self) -> None:
-        await self.objecter.flush()
+        """Every write that returned before this call is durable; raises the error of a
+        write-back write that failed since the last flush (reported once)."""
+        try:
+            await self.objecter.flush()
+        finally:
+            err, self._wb_error = self._wb_error, None
+        if err is not None:
+            raise err
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
         """(offset, length, allocated) runs from the object map: no round trip at all."""
@@ -492,6 +566,11 @@ class Image:
                 if e.errno != errno.ENOENT:
                     raise
         return total
+
+
+def _write_op(ex, buf: memoryview) -> O.Write:  # noqa: ANN001
+    """The Write op of one object extent: views of the (caller's or copied) buffer."""
+    return O.Write(ex.offset, [buf[o : o + n] for o, n in ex.buffer_extents])
 
 
 def _place_read(r, length: int, dests: list[memoryview]) -> None:  # noqa: ANN001

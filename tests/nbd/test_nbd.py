@@ -177,3 +177,25 @@ def test_cli_user_errors_are_one_line(tmp_path: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1
     r = subprocess.run([*RBDPY, "create", "x", "--size", "ten"], capture_output=True, text=True)
     assert r.returncode != 0 and "bad size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_write_through_serve_and_a_bad_writeback_value(served: Served, tmp_path: Path) -> None:
+    sock, pidfile = tmp_path / "wt.sock", tmp_path / "wt.pid"
+    rbdpy(served.dir, "serve", served.name, "--socket", str(sock), "--pidfile", str(pidfile),
+          "--write-through")
+    deadline = time.monotonic() + 30
+    while not (sock.exists() and pidfile.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    try:
+        assert b"writeback=0" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        uri = f"nbd+unix:///?socket={sock}"
+        qemu_io(uri, "write -P 0x3c 12345 200000", "flush")
+        qemu_io(uri, "read -P 0x3c 12345 200000", "read -P 0 0 12345")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    plugin = Path(__file__).resolve().parents[2] / "nbdplugin" / "rbdpy_nbd.py"
+    r = subprocess.run(["nbdkit", "-U", "-", "python", str(plugin), f"cluster={served.dir}",
+                        f"image={served.name}", "writeback=maybe", "--run", "true"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "writeback='maybe': want a boolean" in r.stderr, r.stderr
