@@ -12,6 +12,7 @@ wakeup). The result travels back by releasing the caller's lock.
 from __future__ import annotations
 
 import _thread
+import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 T = TypeVar("T")
+log = logging.getLogger("rbdpy.bridge")
 
 
 class BridgeClosed(RuntimeError):
@@ -73,6 +75,9 @@ class ThreadBridge:
                 while True:
                     while calls:
                         call = calls.popleft()
+                        if call.lock is None:  # posted: nobody waits
+                            self._run_posted(call)
+                            continue
                         if call.start is not None and self._start(call):
                             continue
                         nursery.start_soon(self._run, call)
@@ -87,6 +92,9 @@ class ThreadBridge:
             self._sleeping = False
             while calls:
                 c = calls.popleft()
+                if c.lock is None:  # posted: its owner learns through its own channel
+                    self._run_posted(c, BridgeClosed("the cluster connection is closed"))
+                    continue
                 c.error = BridgeClosed("the cluster connection is closed")
                 c.lock.release()
             for c in list(self._started):
@@ -106,6 +114,14 @@ class ThreadBridge:
             self._started.discard(call)
             call.bridge = None
         return started
+
+    @staticmethod
+    def _run_posted(call: _Call, closed: BaseException | None = None) -> None:
+        """A posted call: ``fn(*args, closed)``; it must handle its own errors."""
+        try:
+            call.fn(*call.args, closed)
+        except Exception:  # noqa: BLE001 - nobody to hand it to; the loop must go on
+            log.exception("posted call %r failed", call.fn)
 
     def _wake(self) -> None:
         # several callers may have seen the flag at once: only the first wake counts
@@ -141,6 +157,35 @@ class ThreadBridge:
         spawned for it, which at 4 KiB I/O costs more than the request. If ``start`` returns
         False, ``await fn(*args)`` runs as ``call`` would."""
         return self._call(_Call(fn, args, None, start))
+
+    def post(self, fn: Callable[..., None], *args: Any) -> bool:
+        """Queue ``fn(*args, closed)`` to run on the trio thread, in order with every other
+        call, and return at once (False, nothing queued, if the bridge is closed). ``closed``
+        is None, or BridgeClosed when the loop ended before running it. Nobody waits: ``fn``
+        reports its own outcome. For work whose caller needs no answer (a write-back write),
+        this saves the caller's sleep and wakeup, the largest cost left per 4 KiB request."""
+        if self._closed or self._token is None:
+            return False
+        call = _Call(fn, args, None)
+        self._calls.append(call)
+        if self._sleeping:
+            self._sleeping = False
+            try:
+                self._token.run_sync_soon(self._wake)
+            except trio.RunFinishedError:
+                pass  # serve() is ending; its finally runs what is queued with ``closed``
+        if self._closed:  # serve() may have finished draining before our append
+            try:
+                self._calls.remove(call)
+            except ValueError:
+                return True  # drained after all: fn ran (with ``closed``)
+            return False
+        return True
+
+    @property
+    def backlog(self) -> int:
+        """Calls queued and not yet taken by the trio side."""
+        return len(self._calls)
 
     def _call(self, call: _Call) -> Any:
         if self._closed or self._token is None:

@@ -28,6 +28,7 @@ from rbdpy.msgr.messenger import Messenger
 from rbdpy.rbd import image as rbdimage
 
 T = TypeVar("T")
+POST_BACKLOG = 256  # posted writes waiting for the cluster thread; beyond, writers wait
 
 
 class ClusterUnavailable(Exception):
@@ -78,6 +79,16 @@ class Rados:
         """``run``, trying the task-free ``start(*args, done)`` first (see
         ``ThreadBridge.call_started``)."""
         return self._bridge.call_started(start, fn, *args)
+
+    def post(self, fn: Callable[..., None], *args: Any) -> bool:
+        """Queue ``fn(*args, closed)`` on the cluster thread without waiting (see
+        ``ThreadBridge.post``); False if the connection is closed."""
+        return self._bridge.post(fn, *args)
+
+    @property
+    def backlog(self) -> int:
+        """Calls handed to the cluster thread and not yet taken up."""
+        return self._bridge.backlog
 
     def close(self) -> None:
         if self._stop is not None and self._thread.is_alive():
@@ -163,7 +174,14 @@ class SyncImage:
 
     def write(self, offset: int, buf: bytes | bytearray | memoryview, fua: bool = False) -> None:
         img = self.image
-        self.rados.run_started(img.start_write, img.write, offset, _mv(buf), fua)
+        mv = _mv(buf)
+        if not fua:
+            ex = img.postable(offset, len(mv))
+            # posted: copied here, returns before the cluster thread sees it (bounded queue)
+            if (ex is not None and self.rados.backlog < POST_BACKLOG
+                    and self.rados.post(img.post_write, ex, memoryview(bytes(mv)))):
+                return
+        self.rados.run_started(img.start_write, img.write, offset, mv, fua)
 
     def discard(self, offset: int, length: int, fua: bool = False) -> None:
         self.rados.run(lambda: self.image.discard(offset, length, fua=fua))

@@ -41,7 +41,7 @@ from rbdpy.client.objecter import Objecter, OSDError, Request
 from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
 from rbdpy.osd import ops as O
 from rbdpy.osd.ops import slice_segments
-from rbdpy.rbd.layout import Layout, map_extents
+from rbdpy.rbd.layout import Layout, ObjectExtent, map_extents
 
 log = logging.getLogger("rbdpy.rbd")
 
@@ -50,6 +50,7 @@ Done = Callable[[BaseException | None], None]
 """Completion of a ``start_*`` call: None when done, else the error."""
 MAX_SIZE = 1 << 50
 MAX_DIRTY = 32 << 20  # write-back: bytes sent but not yet committed (librbd: 24 MiB dirty)
+POST_MAX = POOL_MIN  # write-back writes up to this size may be posted (see ``postable``)
 
 
 class ImageError(Exception):
@@ -186,6 +187,7 @@ class Image:
         self.read_only = read_only
         self._map_pending: dict[int, trio.Event] = {}
         self.copied_bytes = 0  # write data copied (see ``write``)
+        self.posted_writes = 0  # write-back writes that came through ``post_write``
         self._tx_pool = BufferPool(max_bytes=64 << 20)
         self._tx_lent: deque[int] = deque()
         self.writeback = writeback
@@ -327,6 +329,43 @@ class Image:
 
         self.objecter.start(self.pool, oid, [op], write=True, wait_commit=fua, on_done=fin)
         return True
+
+    def postable(self, offset: int, length: int) -> ObjectExtent | None:
+        """From any thread: the object extent of a write-back write that may be *posted*
+        (``post_write``: the caller returns before the trio side even sees it), or None.
+        Small writes inside one object whose map bit is set, while there is room; raises
+        for an out-of-range or read-only write as ``write`` does."""
+        if not self.writeback or length > POST_MAX:
+            return None
+        self._check(offset, length, write=True)
+        exts = map_extents(self.layout, offset, length)
+        if len(exts) != 1 or not self.objmap[exts[0].objectno] or not self._has_room(length):
+            return None
+        return exts[0]
+
+    def post_write(self, ex: ObjectExtent, data: memoryview,
+                   closed: BaseException | None) -> None:
+        """Trio side of a posted write: send ``data`` (the caller's copy) for extent ``ex``.
+
+        Posted calls run in the order they were queued with every other call, so a read
+        the caller makes after posting reaches the OSD after this write. If the map bit
+        was cleared meanwhile, a whole-object discard (or a shrink) ran concurrently with
+        this write; ordering the write before it, i.e. dropping it, is then a valid
+        outcome, and sending it would leave data the map calls a hole."""
+        if closed is not None:
+            return  # the cluster connection is gone: the next flush fails
+        self.copied_bytes += len(data)
+        self.posted_writes += 1
+        if not self.objmap[ex.objectno]:
+            return
+        oid = data_oid(self.id, ex.objectno)
+        try:
+            self.objecter.start(self.pool, oid, [_write_op(ex, data)], write=True,
+                                wait_commit=True, on_done=self._behind(oid, ex.length))
+        except Exception as e:  # noqa: BLE001 - nobody waits: the next flush reports it
+            log.exception("posted write to %s failed to start", oid)
+            if self._wb_error is None:
+                self._wb_error = OSDError(errno.EIO, f"write-back to {oid}: {e}")
 
     async def write(self, offset: int, buf: memoryview, fua: bool = False) -> None:
         """Write ``buf`` at ``offset``; returns once sent (write-back: readable by later

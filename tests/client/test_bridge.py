@@ -130,3 +130,36 @@ def test_closing_fails_a_started_call_that_never_completes() -> None:
     assert len(result) == 1 and isinstance(result[0], BridgeClosed)
     with pytest.raises(BridgeClosed):
         loop.bridge.call_started(lambda done: True, None)  # type: ignore[arg-type]
+
+
+def test_posted_calls_run_in_order_with_calls_and_nobody_waits(loop: Loop) -> None:
+    seen: list = []
+    gate = threading.Event()
+
+    def record(x: int, closed: BaseException | None) -> None:
+        seen.append((x, closed, threading.current_thread().name))
+
+    async def slow() -> None:
+        await trio.to_thread.run_sync(gate.wait)  # the trio side is busy with this call
+
+    t = threading.Thread(target=loop.bridge.call, args=(slow,))
+    t.start()
+    for i in range(50):  # returns at once even though nothing has run them yet
+        assert loop.bridge.post(record, i)
+
+    async def snapshot() -> list:
+        return list(seen)
+
+    gate.set()
+    t.join(10)
+    got = loop.bridge.call(snapshot)  # queued after the posts: they all ran before it
+    assert got == [(i, None, loop.thread.name) for i in range(50)]
+    assert loop.bridge.backlog == 0
+
+
+def test_posted_call_after_close_is_refused() -> None:
+    lp = Loop()
+    lp.close()
+    ran: list = []
+    assert not lp.bridge.post(lambda closed: ran.append(closed))
+    assert ran == []
