@@ -62,6 +62,9 @@ class Request:
     # (ack, or commit if done_at_commit) arrived or the request failed
     on_done: Callable[[Request], None] | None = None
     done_at_commit: bool = False
+    # a write whose caller waits for the commit asks for no ack reply: the OSD then sends
+    # one reply instead of two (as modern Ceph clients ask only for ONDISK)
+    want_ack: bool = True
 
 
 MAX_UNCOMMITTED_PER_OBJECT = 64  # half the OSD's request-id window per client and object
@@ -107,6 +110,7 @@ class Objecter:
         for ``flush``. Raises OSDError with the OSD's errno on failure.
         """
         req = self._new_request(pool, oid, ops, write, snapc, snapid, read_into)
+        req.want_ack = not (write and wait_commit)
         sent = self._place(req)
         try:
             await (req.committed if wait_commit else req.acked).wait()
@@ -146,6 +150,7 @@ class Objecter:
         req = self._new_request(pool, oid, ops, write, None, osdops.NOSNAP, read_into)
         req.on_done = on_done
         req.done_at_commit = wait_commit
+        req.want_ack = not (write and wait_commit)
         self._place(req)
         return req
 
@@ -225,8 +230,12 @@ class Objecter:
             req.target = None
             return
         req.target = acting[0]
-        flags = osdops.FLAG_WRITE | osdops.FLAG_ACK | osdops.FLAG_COMMIT if req.write \
-            else osdops.FLAG_READ | osdops.FLAG_ACK
+        if req.write:
+            flags = osdops.FLAG_WRITE | osdops.FLAG_COMMIT
+            if req.want_ack:
+                flags |= osdops.FLAG_ACK
+        else:
+            flags = osdops.FLAG_READ | osdops.FLAG_ACK
         msg = osdops.encode_request(
             req.ops, tid=req.tid, client=self.me, incarnation=self.incarnation,
             epoch=self.osdmap.epoch, pool=req.pool, oid=req.oid, flags=flags,

@@ -355,10 +355,11 @@ class OSD:
             peer.send(encode(tid=req.tid, result=result, version=version,
                              flags=osdops.FLAG_ACK, epoch=self.epoch, attempt=req.attempt,
                              op_results=outputs))
-        self._pending.append(_PendingCommit(
+        acked = req.flags & osdops.FLAG_ACK
+        self._pending.append(_PendingCommit(  # without an ack, the commit carries the outputs
             seq, peer, encode(tid=req.tid, result=result, version=version,
                               flags=osdops.FLAG_COMMIT, epoch=self.epoch,
-                              attempt=req.attempt, op_results=())))
+                              attempt=req.attempt, op_results=() if acked else outputs)))
         self._commit_wanted.set()
 
     def _version(self, oid: str) -> int:

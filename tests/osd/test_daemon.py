@@ -504,3 +504,32 @@ async def test_concurrent_unaligned_writes_lose_no_update(osd) -> None:  # noqa:
         assert len(got) == end and got == bytes(seq_model[:end])
     assert sorted(order) == list(range(len(over)))
 
+
+
+async def test_a_write_waiting_for_its_commit_gets_one_reply_with_its_outputs(osd) -> None:  # noqa: ANN001
+    """Writes submitted with wait_commit ask for no ack (as Ceph clients ask only for
+    ONDISK): the OSD sends the commit alone, and it carries the op outputs the ack would
+    have carried; a write that waits only for the ack still gets both replies."""
+    async with client(osd.port) as obj:
+        replies: list[tuple[int, int]] = []
+        dispatch = obj.dispatch
+
+        async def counting(peer: Peer, msg: Message) -> None:
+            replies.append((msg.tid, O.decode_reply(msg, obj.inflight[msg.tid].ops).flags
+                            if msg.tid in obj.inflight else -1))
+            await dispatch(peer, msg)
+
+        obj.dispatch = counting  # type: ignore[method-assign]
+        hdr = json.dumps({"id": "x", "size": 1 << 20, "order": 22}).encode()
+        await obj.submit(POOL, "h", [O.Call("rbd", "create", hdr)], write=True,
+                         wait_commit=True)
+        replies.clear()
+        r = await obj.submit(POOL, "h", [O.Call("rbd", "set_header_fields",
+                                               json.dumps({"size": 2 << 20}).encode())],
+                             write=True, wait_commit=True)
+        assert json.loads(bytes(r.results[0].out))["size"] == 2 << 20
+        assert [f for _, f in replies] == [O.FLAG_COMMIT]  # one reply, the commit
+        replies.clear()
+        await obj.submit(POOL, "h", [O.Write(0, b"abc")], write=True)  # waits for the ack
+        await obj.flush()
+        assert sorted(f for _, f in replies) == [O.FLAG_ACK, O.FLAG_COMMIT]
