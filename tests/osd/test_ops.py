@@ -358,7 +358,8 @@ def test_reply_round_trips_at_any_segmentation(res: list, tid: int, result: int,
             assert isinstance(got.out, O.StatResult)
 
 
-def test_commit_and_error_replies_carry_no_results() -> None:
+def test_a_commit_after_an_ack_and_an_error_carry_no_results() -> None:
+    """(A commit the client asked for without an ack carries them: see test_daemon.)"""
     ops = [O.Write(0, b"x"), O.Stat()]
     rep = O.decode_reply(O.encode_reply(tid=3, result=0, version=9, flags=O.FLAG_COMMIT,
                                         epoch=1, attempt=0, op_results=[]), ops)
