@@ -21,7 +21,9 @@ out must equal the source byte for byte, or the run fails. Each target does
 a small shared machine one run can be off by 2x. Target: rbdpy's convert-in takes at most 2x
 memory's.
 
-Prints a Markdown table of IOPS with ratios, one of convert times, and the last line is one
+Prints a Markdown table of IOPS with ratios, whether each of issue 5's targets is met (4k
+randwrite/randread qd32 >= 0.35 of pyplug, 1M write/read qd8 >= 0.5 of memory, convert-in <= 2x
+memory), a table of convert times, and the last line is one
 JSON object; ``--out DIR`` (default bench/results/) also gets that object as fio_suite.json
 and a bar chart as fio_suite.png (needs matplotlib: ``pip install -e '.[bench]'``).
 
@@ -57,6 +59,13 @@ TARGETS = ("memory", "pyplug", "file", "rbdpy")
 CEILINGS = ("memory", "pyplug", "file")
 FIO_EXPORT = "2G"
 CONVERT_TARGET = 2.0  # rbdpy convert-in may take at most this many times memory's
+# issue 5's IOPS targets: (ceiling, least ratio of rbdpy to it)
+JOB_TARGETS = {
+    "4k randwrite qd32": ("pyplug", 0.35),
+    "4k randread qd32": ("pyplug", 0.35),
+    "1M write qd8": ("memory", 0.5),
+    "1M read qd8": ("memory", 0.5),
+}
 
 PYPLUG = '''
 import nbdkit
@@ -368,6 +377,11 @@ def print_tables(summary: dict) -> None:
             r = ratios[label]
             print(f"| {label} | " + " | ".join(row) + " | "
                   + " | ".join(str(r.get(c, "-")) for c in CEILINGS) + " |")
+    if summary["job_targets"]:
+        print()
+    for label, t in summary["job_targets"].items():
+        print(f"rbdpy {label}: {t['got']} of {t['ceiling']} (target >= {t['want']:g}): "
+              f"{'met' if t['met'] else 'NOT met'}")
     convert = summary["convert"]
     if convert:
         cr = summary["convert_ratios"]
@@ -449,6 +463,10 @@ def main() -> int:
                       for d in ("in", "out")}
     met = (convert_ratios["in"]["memory"] <= CONVERT_TARGET
            if "memory" in convert_ratios["in"] else None)
+    job_targets = {label: {"ceiling": c, "want": want, "got": ratios[label][c],
+                           "met": ratios[label][c] >= want}
+                   for label, (c, want) in JOB_TARGETS.items()
+                   if label in ratios and c in ratios[label]}
     summary = {"results": results, "ratios": ratios, "runtime": args.runtime,
                "region": args.region, "cpus": os.cpu_count(),
                "jobs": [j[0] for j in jobs],
@@ -456,6 +474,7 @@ def main() -> int:
                "convert_size": convert_size if convert else 0,
                "convert_repeat": args.convert_repeat,
                "convert_in_target": CONVERT_TARGET, "convert_in_target_met": met,
+               "job_targets": job_targets,
                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
     print_tables(summary)
     args.out.mkdir(parents=True, exist_ok=True)
