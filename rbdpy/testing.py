@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import trio
@@ -10,6 +11,7 @@ import trio
 from rbdpy.client.objecter import Objecter
 from rbdpy.msgr.messenger import Messenger
 from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.rbd import image as rbdimage
 
 T = TypeVar("T")
 POOL = 1
@@ -29,3 +31,16 @@ async def run_with_objecter(port: int, fn: Callable[[Objecter, Messenger], Await
             result = await fn(obj, m)
         m.shutdown()
     return result
+
+
+@asynccontextmanager
+async def new_image(port: int, size: int, order: int, *, writeback: bool = True,
+                    timeout: float = 60.0) -> AsyncIterator[tuple[Objecter, rbdimage.Image]]:
+    """A new image "img" on the OSD at ``port``, opened, with the objecter driving it."""
+    obj = Objecter(single_osd_map(port))
+    async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
+        obj.attach(m)
+        with trio.fail_after(timeout):
+            await rbdimage.create_image(obj, POOL, "img", size, order=order)
+            yield obj, await rbdimage.Image.open(obj, POOL, "img", writeback=writeback)
+        m.shutdown()

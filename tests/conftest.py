@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import socket
@@ -29,7 +28,6 @@ class OSDProc:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.file_size_limit: int | None = None  # RLIMIT_FSIZE: a real "disk full" (EFBIG)
-        self.env: dict[str, str] | None = None  # extra environment (fault injection)
 
     @property
     def running(self) -> bool:
@@ -43,8 +41,7 @@ class OSDProc:
                 [sys.executable, "-m", "rbdpy.cli", "--log-level", "info", "osd", "--id",
                  str(self.osd_id), "--data", str(self.data), "--listen",
                  f"127.0.0.1:{self.port}"],
-                stdout=logf, stderr=logf, preexec_fn=self._limits,
-                env={**os.environ, **self.env} if self.env else None)
+                stdout=logf, stderr=logf, preexec_fn=self._limits)
         self.starts += 1
         deadline = time.monotonic() + timeout
         while True:

@@ -166,19 +166,24 @@ class ThreadBridge:
         this saves the caller's sleep and wakeup, the largest cost left per 4 KiB request."""
         if self._closed or self._token is None:
             return False
-        call = _Call(fn, args, None)
+        return self._enqueue(_Call(fn, args, None))
+
+    def _enqueue(self, call: _Call) -> bool:
+        """Queue ``call`` and wake the trio side if it sleeps. False if ``serve`` ended
+        before it could take the call (it is then not queued); True if queued, or drained
+        by ``serve``'s ending, which fails (or, posted, runs with ``closed``) what it finds."""
         self._calls.append(call)
         if self._sleeping:
             self._sleeping = False
             try:
-                self._token.run_sync_soon(self._wake)
+                self._token.run_sync_soon(self._wake)  # type: ignore[union-attr]
             except trio.RunFinishedError:
-                pass  # serve() is ending; its finally runs what is queued with ``closed``
+                pass  # serve() is ending; its finally handles what is queued
         if self._closed:  # serve() may have finished draining before our append
             try:
                 self._calls.remove(call)
             except ValueError:
-                return True  # drained after all: fn ran (with ``closed``)
+                return True  # drained after all
             return False
         return True
 
@@ -195,21 +200,9 @@ class ThreadBridge:
             lock = self._tls.lock = _thread.allocate_lock()
         lock.acquire()  # held until the trio side releases it
         call.lock = lock
-        self._calls.append(call)
-        if self._sleeping:
-            self._sleeping = False
-            try:
-                self._token.run_sync_soon(self._wake)
-            except trio.RunFinishedError:
-                pass  # serve() is ending; its finally fails what is queued
-        if self._closed:  # serve() may have drained the queue before our append
-            try:
-                self._calls.remove(call)
-            except ValueError:
-                pass  # it was drained: the lock is (or will be) released with an error
-            else:
-                lock.release()
-                raise BridgeClosed("the cluster connection is closed")
+        if not self._enqueue(call):
+            lock.release()
+            raise BridgeClosed("the cluster connection is closed")
         lock.acquire()
         lock.release()
         if call.error is not None:

@@ -176,8 +176,8 @@ class Image:
     """An open image (async; used from the objecter's trio loop)."""
 
     def __init__(self, objecter: Objecter, pool: int, info: ImageInfo,
-                 objmap: np.ndarray, read_only: bool = False, *, writeback: bool = True,
-                 max_dirty: int = MAX_DIRTY) -> None:
+                 objmap: np.ndarray, read_only: bool = False, *, writeback: bool = True
+                 ) -> None:
         self.objecter = objecter
         self.pool = pool
         self.info = info
@@ -191,7 +191,7 @@ class Image:
         self._tx_pool = BufferPool(max_bytes=64 << 20)
         self._tx_lent: deque[int] = deque()
         self.writeback = writeback
-        self.max_dirty = max_dirty
+        self.max_dirty = MAX_DIRTY
         self.dirty_bytes = 0  # write-back writes out and not yet committed
         self._room = trio.Event()  # set (and replaced) whenever dirty bytes drop
         self._wb_error: OSDError | None = None  # a failed write-back write, for next flush

@@ -380,7 +380,8 @@ async def test_data_lands_in_the_receivers_buffers_both_ways() -> None:
 # ---- garbage peers --------------------------------------------------------------------------
 
 
-async def _raw_handshake(addr: tuple[str, int], me: EntityName) -> trio.SocketStream:
+async def _raw_client(addr: tuple[str, int], me: EntityName
+                      ) -> tuple[trio.SocketStream, Connection]:
     """A hand-driven client: a sans-I/O Connection over a raw stream, up to 'open'."""
     stream = await trio.open_tcp_stream(*addr)
     conn = Connection(me, random.getrandbits(62) | 1, client=True, session=Session())
@@ -392,7 +393,11 @@ async def _raw_handshake(addr: tuple[str, int], me: EntityName) -> trio.SocketSt
         assert data, "server closed during the handshake"
         conn.feed(data)
     assert not conn.faulted
-    return stream
+    return stream, conn
+
+
+async def _raw_handshake(addr: tuple[str, int], me: EntityName) -> trio.SocketStream:
+    return (await _raw_client(addr, me))[0]
 
 
 async def _dropped(stream: trio.SocketStream) -> bool:
@@ -695,15 +700,7 @@ async def _framed_big_message(addr: tuple[str, int], me: EntityName, data: bytes
                               ) -> tuple[trio.SocketStream, bytes]:
     """A hand-driven client, handshake done, and the bytes of one REQ message carrying
     ``data`` (the tests pace those bytes themselves)."""
-    stream = await trio.open_tcp_stream(*addr)
-    conn = Connection(me, random.getrandbits(62) | 1, client=True, session=Session())
-    out = b"".join(conn.data_to_send())
-    conn.sent(len(out))
-    await stream.send_all(out)
-    while not conn.open:
-        got = await stream.receive_some(4096)
-        assert got, "server closed during the handshake"
-        conn.feed(got)
+    stream, conn = await _raw_client(addr, me)
     conn.send_message(Message(type=REQ, tid=7, data=BioChain.from_buffer(data)))
     return stream, b"".join(conn.data_to_send())
 

@@ -6,10 +6,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from rbdpy.client.objecter import Objecter
-from rbdpy.msgr.messenger import Messenger
 from rbdpy.rbd import image as rbdimage
-from rbdpy.testing import POOL, single_osd_map
+from rbdpy.testing import new_image
 
 
 @asynccontextmanager
@@ -17,13 +15,8 @@ async def fresh_image(osd_process, size: int, order: int):  # noqa: ANN001, ANN2
     """A new image on a fresh one-OSD cluster, with the objecter driving it (60 s bound)."""
     osd = osd_process()
     osd.start()
-    obj = Objecter(single_osd_map(osd.port))
-    async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
-        obj.attach(m)
-        with trio.fail_after(60):
-            await rbdimage.create_image(obj, POOL, "img", size, order=order)
-            yield obj, await rbdimage.Image.open(obj, POOL, "img")
-        m.shutdown()
+    async with new_image(osd.port, size, order) as (obj, img):
+        yield obj, img
 
 
 async def test_short_object_and_holes_read_as_zeros_in_a_dirty_buffer(osd_process) -> None:  # noqa: ANN001

@@ -7,27 +7,19 @@ import errno
 from contextlib import asynccontextmanager
 
 import pytest
-import trio
 
-from rbdpy.client.objecter import MAX_UNCOMMITTED_PER_OBJECT, Objecter, OSDError
-from rbdpy.msgr.messenger import Messenger
+from rbdpy.client.objecter import MAX_UNCOMMITTED_PER_OBJECT, OSDError
 from rbdpy.rbd import image as rbdimage
-from rbdpy.testing import POOL, single_osd_map
+from rbdpy.testing import POOL, new_image
 
 
 @asynccontextmanager
 async def image_on(osd, size: int, order: int, *, writeback: bool = True,  # noqa: ANN001, ANN201
                    max_dirty: int = rbdimage.MAX_DIRTY):
-    """A new image on the (started) OSD ``osd`` (60 s bound)."""
-    obj = Objecter(single_osd_map(osd.port))
-    async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
-        obj.attach(m)
-        with trio.fail_after(60):
-            await rbdimage.create_image(obj, POOL, "img", size, order=order)
-            img = await rbdimage.Image.open(obj, POOL, "img", writeback=writeback)
-            img.max_dirty = max_dirty
-            yield obj, img
-        m.shutdown()
+    """A new image on the (started) OSD ``osd``, with a ``max_dirty`` of our choosing."""
+    async with new_image(osd.port, size, order, writeback=writeback) as (obj, img):
+        img.max_dirty = max_dirty
+        yield obj, img
 
 
 async def test_write_returns_before_the_ack_and_reads_see_it(osd_process) -> None:  # noqa: ANN001
@@ -61,11 +53,12 @@ async def test_write_returns_before_the_ack_and_reads_see_it(osd_process) -> Non
         assert img.dirty_bytes == 0
 
 
-async def test_reads_queue_behind_writes_held_back_by_the_object_limit(osd_process) -> None:  # noqa: ANN001
+async def test_reads_queue_behind_writes_held_back_by_the_object_limit(  # noqa: ANN001
+        osd_process, monkeypatch) -> None:
     """With commits held, writes past the per-object limit wait in the objecter; a read of
     that object must not overtake them (it would return stale bytes)."""
+    monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "0.3")  # the OSD inherits it
     osd = osd_process()
-    osd.env = {"RBDPY_OSD_COMMIT_DELAY": "0.3"}
     osd.start()
     async with image_on(osd, 4 << 20, order=20) as (obj, img):
         n = MAX_UNCOMMITTED_PER_OBJECT + 20
@@ -79,9 +72,9 @@ async def test_reads_queue_behind_writes_held_back_by_the_object_limit(osd_proce
         await img.flush()
 
 
-async def test_dirty_bytes_stay_bounded(osd_process) -> None:  # noqa: ANN001
+async def test_dirty_bytes_stay_bounded(osd_process, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "0.2")
     osd = osd_process()
-    osd.env = {"RBDPY_OSD_COMMIT_DELAY": "0.2"}
     osd.start()
     async with image_on(osd, 16 << 20, order=20, max_dirty=256 << 10) as (obj, img):
         want = bytearray(16 << 20)
