@@ -34,13 +34,20 @@ async def run_with_objecter(port: int, fn: Callable[[Objecter, Messenger], Await
 
 
 @asynccontextmanager
-async def new_image(port: int, size: int, order: int, *, writeback: bool = True,
-                    timeout: float = 60.0) -> AsyncIterator[tuple[Objecter, rbdimage.Image]]:
-    """A new image "img" on the OSD at ``port``, opened, with the objecter driving it."""
+async def connected(port: int, timeout: float = 60.0) -> AsyncIterator[Objecter]:
+    """An objecter (one client) driving the OSD on ``port``; shut down on exit."""
     obj = Objecter(single_osd_map(port))
     async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
         obj.attach(m)
         with trio.fail_after(timeout):
-            await rbdimage.create_image(obj, POOL, "img", size, order=order)
-            yield obj, await rbdimage.Image.open(obj, POOL, "img", writeback=writeback)
+            yield obj
         m.shutdown()
+
+
+@asynccontextmanager
+async def new_image(port: int, size: int, order: int, *, writeback: bool = True,
+                    timeout: float = 60.0) -> AsyncIterator[tuple[Objecter, rbdimage.Image]]:
+    """A new image "img" on the OSD at ``port``, opened, with the objecter driving it."""
+    async with connected(port, timeout) as obj:
+        await rbdimage.create_image(obj, POOL, "img", size, order=order)
+        yield obj, await rbdimage.Image.open(obj, POOL, "img", writeback=writeback)

@@ -15,6 +15,7 @@ for every write of this client: that is what makes NBD multi-conn honest.
 from __future__ import annotations
 
 import errno
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.msgr.messenger import Messenger
 from rbdpy.rbd import image as rbdimage
 
+log = logging.getLogger("rbdpy.rados")
 T = TypeVar("T")
 POST_BACKLOG = 256  # posted writes waiting for the cluster thread; beyond, writers wait
 
@@ -45,6 +47,7 @@ class Rados:
         self._stop: trio.Event | None = None
         self._error: BaseException | None = None
         self._bridge = ThreadBridge()
+        self._images: list[rbdimage.Image] = []
         self._thread = threading.Thread(target=self._main, name="rbdpy-trio", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -91,7 +94,15 @@ class Rados:
         return self._bridge.backlog
 
     def close(self) -> None:
+        """Release the images' locks (not a flush: unflushed write-back writes may be lost,
+        as when a disk loses power), then stop the cluster thread."""
         if self._stop is not None and self._thread.is_alive():
+            images, self._images = self._images, []
+            for img in images:
+                try:
+                    self.run(img.close)
+                except Exception as e:  # noqa: BLE001 - closing anyway; the lock expires
+                    log.warning("closing image %s: %s", img.info.name, e)
             try:
                 trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
             except trio.RunFinishedError:
@@ -142,6 +153,7 @@ class Rados:
         """Open an image; ``writeback`` as in ``rbdpy.rbd.image`` (False: write-through)."""
         img = self.run(lambda: rbdimage.Image.open(self.objecter, self.pool, name,
                                                    read_only=read_only, writeback=writeback))
+        self._images.append(img)
         return SyncImage(self, img)
 
 
@@ -193,7 +205,15 @@ class SyncImage:
         self.rados.run(self.image.flush)
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        if not self.image.trust_map:  # not the writer: another client may have allocated
+            self.rados.run(self.image.refresh_map)
         return self.image.extents(offset, length)
+
+    def close(self) -> None:
+        """Give the image's exclusive lock back (flush first for durability)."""
+        if self.image in self.rados._images:
+            self.rados._images.remove(self.image)
+            self.rados.run(self.image.close)
 
     def resize(self, size: int) -> None:
         self.rados.run(self.image.resize, size)

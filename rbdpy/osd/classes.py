@@ -119,10 +119,38 @@ def lock_unlock(ctx: ClsContext, indata: bytes) -> bytes:
     return b""
 
 
-@method("lock", "break_lock", write=True)
-def lock_break(ctx: ClsContext, indata: bytes) -> bytes:
+@method("lock", "renew", write=True)
+def lock_renew(ctx: ClsContext, indata: bytes) -> bytes:
+    """Replace the description of a lock ``owner``/``cookie`` holds (its lease); ENOENT if
+    it does not hold it any more (broken), so the holder learns it lost the lock."""
     a = _j(indata)
     name = a.get("name", "lock")
+    holder = f"{a.get('owner', '')}/{a.get('cookie', '')}"
+    st = _locks(ctx, name)
+    if holder not in st["holders"]:
+        raise ClsError(errno.ENOENT, "not held by this owner and cookie")
+    st["holders"][holder]["desc"] = a.get("description", "")
+    ctx.setxattr(f"lock.{name}", _out(st))
+    return b""
+
+
+@method("lock", "break_lock", write=True)
+def lock_break(ctx: ClsContext, indata: bytes) -> bytes:
+    """Remove a lock; with ``owner`` and ``cookie``, only that holder's (ENOENT if it does
+    not hold it), so a breaker that looked at the lock breaks what it saw, nothing newer."""
+    a = _j(indata)
+    name = a.get("name", "lock")
+    if "owner" in a or "cookie" in a:
+        holder = f"{a.get('owner', '')}/{a.get('cookie', '')}"
+        st = _locks(ctx, name)
+        if holder not in st["holders"]:
+            raise ClsError(errno.ENOENT, "not held by this owner and cookie")
+        del st["holders"][holder]
+        if st["holders"]:
+            ctx.setxattr(f"lock.{name}", _out(st))
+        else:
+            ctx.rmxattr(f"lock.{name}")
+        return b""
     if ctx.getxattr(f"lock.{name}") is None:
         raise ClsError(errno.ENOENT, "no such lock")
     ctx.rmxattr(f"lock.{name}")

@@ -42,6 +42,7 @@ from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
 from rbdpy.osd import ops as O
 from rbdpy.osd.ops import slice_segments
 from rbdpy.rbd.layout import Layout, ObjectExtent, map_extents
+from rbdpy.rbd.lock import ImageLock, LockBusy
 
 log = logging.getLogger("rbdpy.rbd")
 
@@ -158,9 +159,12 @@ async def lookup_id(objecter: Objecter, pool: int, name: str) -> str:
 
 
 async def remove_image(objecter: Objecter, pool: int, name: str, progress=None) -> None:  # noqa: ANN001
-    """Delete every data object, the map, the header, then the name."""
+    """Delete every data object, the map, the header, then the name (EBUSY while another
+    client has the image open for writing)."""
     img = await Image.open(objecter, pool, name)
     await img.remove_data(progress)
+    if img.lock is not None:
+        img.lock.drop()  # it goes with the header
     for oid in (objmap_oid(img.id), header_oid(img.id)):
         try:
             await objecter.submit(pool, oid, [O.Delete()], write=True)
@@ -176,14 +180,18 @@ class Image:
     """An open image (async; used from the objecter's trio loop)."""
 
     def __init__(self, objecter: Objecter, pool: int, info: ImageInfo,
-                 objmap: np.ndarray, read_only: bool = False, *, writeback: bool = True
-                 ) -> None:
+                 objmap: np.ndarray, read_only: bool = False, *, writeback: bool = True,
+                 lock: ImageLock | None = None) -> None:
         self.objecter = objecter
         self.pool = pool
         self.info = info
         self.id = info.id
         self.layout = info.layout
         self.objmap = objmap  # bool per object: exists?
+        self.lock = lock  # the exclusive lock of a writable open (see ``rbdpy.rbd.lock``)
+        # only the lock holder's map is the truth: without the lock another client may be
+        # writing, so a clear bit may be stale and holes must be read from the OSDs
+        self.trust_map = lock is not None
         self.read_only = read_only
         self._map_pending: dict[int, trio.Event] = {}
         self.copied_bytes = 0  # write data copied (see ``write``)
@@ -200,18 +208,42 @@ class Image:
     async def open(cls, objecter: Objecter, pool: int, name: str, *, read_only: bool = False,
                    writeback: bool = True) -> Image:
         image_id = await lookup_id(objecter, pool, name)
+        lock = None
+        if not read_only:  # the lock first: the map loaded after it is the truth
+            lock = ImageLock(objecter, pool, header_oid(image_id))
+            try:
+                await lock.acquire()
+            except LockBusy as e:
+                raise ImageError(errno.EBUSY, f"image {name} is in use by "
+                                 f"{e.holder.describe()} (it holds the exclusive lock; "
+                                 "read-only opens still work)") from None
         try:
-            r = await objecter.submit(pool, header_oid(image_id),
-                                      [O.Call("rbd", "get_header", b"")], write=False)
-        except OSDError as e:
-            if e.errno == errno.ENOENT:
-                raise ImageError(errno.ENOENT, f"image {name} has no header") from None
+            try:
+                r = await objecter.submit(pool, header_oid(image_id),
+                                          [O.Call("rbd", "get_header", b"")], write=False)
+            except OSDError as e:
+                if e.errno == errno.ENOENT:
+                    raise ImageError(errno.ENOENT, f"image {name} has no header") from None
+                raise
+            h = json.loads(r.results[0].out)
+            info = ImageInfo(name, h["id"], h["size"], h["order"], h["stripe_unit"],
+                             h["stripe_count"], h.get("features", []), h.get("created", 0.0))
+            objmap = await cls._load_objmap(objecter, pool, info)
+        except BaseException:
+            if lock is not None:
+                with trio.CancelScope(shield=True):
+                    await lock.release()
             raise
-        h = json.loads(r.results[0].out)
-        info = ImageInfo(name, h["id"], h["size"], h["order"], h["stripe_unit"],
-                         h["stripe_count"], h.get("features", []), h.get("created", 0.0))
-        objmap = await cls._load_objmap(objecter, pool, info)
-        return cls(objecter, pool, info, objmap, read_only, writeback=writeback)
+        return cls(objecter, pool, info, objmap, read_only, writeback=writeback, lock=lock)
+
+    async def close(self) -> None:
+        """Give the exclusive lock back (after ``flush``, if the writes must be durable)."""
+        if self.lock is not None:
+            await self.lock.release()
+
+    async def refresh_map(self) -> None:
+        """Load the object map again (a reader's view of what the writer allocated)."""
+        self.objmap = await self._load_objmap(self.objecter, self.pool, self.info)
 
     @staticmethod
     async def _load_objmap(objecter: Objecter, pool: int, info: ImageInfo) -> np.ndarray:
@@ -235,6 +267,9 @@ class Image:
     def _check(self, offset: int, length: int, write: bool = False) -> None:
         if write and self.read_only:
             raise ImageError(errno.EROFS, "image opened read-only")
+        if write and self.lock is not None and self.lock.lost:
+            raise ImageError(errno.ESHUTDOWN, "lost the image's exclusive lock to another "
+                             "client: writes refused")
         if offset < 0 or length < 0 or offset + length > self.info.size:
             raise ImageError(errno.EINVAL,
                              f"range {offset}+{length} outside the image ({self.info.size})")
@@ -255,7 +290,7 @@ class Image:
 
     async def _read_extent(self, ex, buf: memoryview) -> None:  # noqa: ANN001
         dests = [buf[o : o + n] for o, n in ex.buffer_extents]
-        if ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
+        if self.trust_map and ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
             _zero(dests)
             return
         try:
@@ -282,7 +317,7 @@ class Image:
             return False
         ex = exts[0]
         dests = [buf[o : o + n] for o, n in ex.buffer_extents]
-        if ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
+        if self.trust_map and ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
             _zero(dests)
             done(None)
             return True
@@ -577,6 +612,8 @@ class Image:
         await self._set_map(objno, objno + 1, False)
 
     async def remove_data(self, progress=None) -> None:  # noqa: ANN001
+        if not self.trust_map:
+            await self.refresh_map()
         present = np.flatnonzero(self.objmap).tolist()
         sem = trio.Semaphore(32)
         done = 0

@@ -96,8 +96,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
         s.stop()
 
 
-def qemu_io(uri: str, *cmds: str, check: bool = True) -> subprocess.CompletedProcess:
-    args = ["qemu-io", "-f", "raw"]
+def qemu_io(uri: str, *cmds: str, check: bool = True, ro: bool = False
+            ) -> subprocess.CompletedProcess:
+    args = ["qemu-io", "-f", "raw", *(["-r"] if ro else [])]
     for c in cmds:
         args += ["-c", c]
     r = subprocess.run([*args, uri], capture_output=True, text=True, timeout=120)

@@ -7,6 +7,7 @@ by the PID it recorded.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from tests.nbd.conftest import RBDPY, Served, needs_nbdkit, qemu_io, rbdpy
-from tests.procs import pid_alive
+from tests.procs import pid_alive, stop_pid, wait_for
 
 pytestmark = needs_nbdkit
 
@@ -181,7 +182,8 @@ def test_cli_user_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_write_through_serve_and_a_bad_writeback_value(served: Served, tmp_path: Path) -> None:
     sock, pidfile = tmp_path / "wt.sock", tmp_path / "wt.pid"
-    rbdpy(served.dir, "serve", served.name, "--socket", str(sock), "--pidfile", str(pidfile),
+    rbdpy(served.dir, "create", "wt", "--size", "1M")  # served.name is locked by its server
+    rbdpy(served.dir, "serve", "wt", "--socket", str(sock), "--pidfile", str(pidfile),
           "--write-through")
     deadline = time.monotonic() + 30
     while not (sock.exists() and pidfile.exists()) and time.monotonic() < deadline:
@@ -199,3 +201,31 @@ def test_write_through_serve_and_a_bad_writeback_value(served: Served, tmp_path:
                         f"image={served.name}", "writeback=maybe", "--run", "true"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "writeback='maybe': want a boolean" in r.stderr, r.stderr
+
+
+def test_one_writing_server_per_image_and_readers_see_its_new_objects(
+        served: Served, tmp_path: Path) -> None:
+    """A second writable server is refused (the exclusive lock); a read-only one serves
+    what the writer wrote after the reader started, holes included (before the lock, its
+    object map, loaded at start, called those objects holes: it read zeros)."""
+    r = rbdpy(served.dir, "serve", served.name, "--socket", str(tmp_path / "w2.sock"),
+              check=False)
+    assert r.returncode != 0
+    assert f"image {served.name} is in use by client." in r.stderr
+    rm = rbdpy(served.dir, "rm", served.name, check=False)
+    assert rm.returncode == 1 and "is in use by client." in rm.stderr
+    sock, pidfile = tmp_path / "ro.sock", tmp_path / "ro.pid"
+    rbdpy(served.dir, "serve", served.name, "--readonly", "--socket", str(sock),
+          "--pidfile", str(pidfile))
+    wait_for(pidfile)
+    wait_for(sock)
+    ro = f"nbd+unix:///?socket={sock}"
+    try:
+        qemu_io(served.uri, f"write -P 0x4d {5 << 20} 100000", "flush")  # a new object
+        qemu_io(ro, f"read -P 0x4d {5 << 20} 100000", f"read -P 0 {6 << 20} 4096", ro=True)
+        m = subprocess.run(["qemu-img", "map", "-f", "raw", "--output=json", ro],
+                           capture_output=True, text=True, check=True, timeout=60)
+        data = [(e["start"], e["length"]) for e in json.loads(m.stdout) if e["data"]]
+        assert data == [(5 << 20, 1 << 20)]  # the object the writer allocated
+    finally:
+        stop_pid(int(pidfile.read_text()))

@@ -150,6 +150,30 @@ async def test_every_op(osd) -> None:  # noqa: ANN001
         for other in ({**lk, "owner": "other"}, {**lk, "owner": "other", "cookie": "d"}):
             await expect_err(errno.EBUSY, obj.submit(s, "o", [O.Call(
                 "lock", "lock", json.dumps(other).encode())], write=True))
+
+        def call(m: str, **a: str) -> O.Call:
+            return O.Call("lock", m, json.dumps(a).encode())
+
+        async def holders() -> dict:
+            r = await obj.submit(s, "o", [call("get_info", name="l")], write=False)
+            return json.loads(r.results[0].out)["holders"]
+
+        # renew rewrites the holder's description; another cookie's renew finds nothing
+        await obj.submit(s, "o", [call("renew", **lk, description="lease 2")], write=True)
+        assert (await holders())["me/c"]["desc"] == "lease 2"
+        await expect_err(errno.ENOENT, obj.submit(s, "o", [call(
+            "renew", **{**lk, "cookie": "x"}, description="no")], write=True))
+        # a break naming a holder that is not the holder changes nothing; break + lock of
+        # the holder seen is one atomic take-over
+        other = {**lk, "owner": "other"}
+        await expect_err(errno.ENOENT, obj.submit(s, "o", [
+            call("break_lock", name="l", owner="me", cookie="x"), call("lock", **other)],
+            write=True))
+        assert list(await holders()) == ["me/c"]
+        await obj.submit(s, "o", [call("break_lock", name="l", owner="me", cookie="c"),
+                                  call("lock", **other)], write=True)
+        assert list(await holders()) == ["other/c"]
+        await expect_err(errno.ENOENT, obj.submit(s, "o", [call("renew", **lk)], write=True))
         r = await obj.submit(s, "dir", [O.Call("rbd", "dir_add", json.dumps(
             {"name": "img", "id": "abc"}).encode())], write=True)
         assert r.results[0].out == b""

@@ -1,0 +1,242 @@
+"""The image's exclusive lock: one writer at a time, and the object map is the writer's.
+
+Every writable open takes an exclusive ``cls lock`` on the image header (RBD's
+``exclusive-lock`` feature). The object map is loaded *after* the lock is taken and is then
+trusted (holes read as zeros without asking an OSD, ``extents`` answers locally) because
+nobody else may write. A read-only open takes no lock and trusts no cached map: another
+server may be writing, so it asks the OSDs (see ``Image.trust_map``).
+
+A second writable open of an image in use fails with EBUSY naming the holder. A holder that
+died (kill -9, a crashed host) must not keep the image locked forever, so the lock records
+a lease that the holder renews every ``lease/3`` seconds, and its host and pid; it may be
+broken when its lease expired, or at once when its host is this one and its process is gone
+(or, within one process, its opener has shut down). Breaking and taking the lock is one
+atomic op vector that names the holder it breaks, so two breakers cannot both win.
+
+Not here yet (Ceph does it with OSD blocklisting): fencing. A holder that is alive but
+stalled beyond its lease can still write until its next renewal fails, after which every
+write fails with ESHUTDOWN.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+
+import trio
+
+from rbdpy.client.objecter import Objecter, OSDError
+from rbdpy.osd import ops as O
+
+log = logging.getLogger("rbdpy.rbd")
+
+LOCK_NAME = "rbd_lock"
+LOCK_TAG = "internal"
+LEASE = 30.0
+"""Seconds a holder's lock stays valid without a renewal (``RBDPY_LOCK_LEASE`` overrides)."""
+
+_HELD: dict[str, ImageLock] = {}  # cookie -> lock kept by a live keeper in this process
+
+
+class LockBusy(Exception):
+    """The image is locked by a live holder."""
+
+    def __init__(self, holder: Holder) -> None:
+        super().__init__(holder.describe())
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock, as recorded in it."""
+
+    owner: str  # "client.<num>"
+    cookie: str
+    host: str = ""
+    pid: int = 0
+    start: int = 0  # the process's start time (see ``_proc_start``)
+    expires: float = 0.0  # wall clock (time.time())
+
+    @classmethod
+    def from_info(cls, key: str, entry: dict) -> Holder:
+        owner, _, cookie = key.partition("/")
+        try:
+            d = json.loads(entry.get("desc") or "{}")
+        except ValueError:
+            d = {}
+        try:
+            return cls(owner, cookie, str(d.get("host", "")), int(d.get("pid", 0) or 0),
+                       int(d.get("start", 0) or 0), float(d.get("expires", 0) or 0))
+        except (TypeError, ValueError):
+            return cls(owner, cookie)  # unreadable: only its lease (none) can end it
+
+    def describe(self) -> str:
+        where = f" on {self.host} pid {self.pid}" if self.host else ""
+        return f"{self.owner}{where}"
+
+
+def is_stale(h: Holder, *, now: float, host: str, pid: int, pid_alive: bool,
+             held_here: bool) -> bool:
+    """Whether a holder can be presumed dead (pure: the caller gathers the facts).
+
+    ``pid_alive``: whether ``h.pid`` runs on this host (meaningful when h.host == host);
+    ``held_here``: whether a live opener in this process keeps that cookie."""
+    if h.expires and h.expires < now:
+        return True
+    if h.host and h.host == host:
+        if h.pid == pid:
+            return not held_here
+        return not pid_alive
+    return False
+
+
+def _proc_start(pid: int) -> int | None:
+    """A live process's start time (clock ticks since boot), None if there is no such
+    process or it is a zombie (killed, not yet reaped: it holds nothing any more). With
+    the pid it names one process: a recycled pid has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) "
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def _pid_alive(pid: int, start: int) -> bool:
+    if pid <= 0:
+        return False
+    got = _proc_start(pid)
+    return got is not None and (not start or got == start)
+
+
+def lease() -> float:
+    try:
+        return float(os.environ.get("RBDPY_LOCK_LEASE", "") or LEASE)
+    except ValueError:
+        return LEASE
+
+
+class ImageLock:
+    """This opener's exclusive lock on one image header object."""
+
+    def __init__(self, objecter: Objecter, pool: int, header_oid: str) -> None:
+        self.objecter, self.pool, self.oid = objecter, pool, header_oid
+        self.owner = f"client.{objecter.me.num}"
+        self.cookie = secrets.token_hex(8)
+        self.lease = lease()
+        self.held = False
+        self.lost = False  # the lock was broken by someone else: writes must stop
+        self._scope: trio.CancelScope | None = None
+
+    def _args(self, **more: object) -> bytes:
+        return json.dumps({"name": LOCK_NAME, "owner": self.owner, "cookie": self.cookie,
+                           **more}).encode()
+
+    def _desc(self) -> str:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "start": _proc_start(os.getpid()) or 0,
+                           "expires": time.time() + self.lease})
+
+    def _lock_op(self) -> O.Call:
+        return O.Call("lock", "lock", self._args(type="exclusive", tag=LOCK_TAG,
+                                                 description=self._desc()))
+
+    async def _call(self, ops: list, write: bool = True) -> object:
+        return await self.objecter.submit(self.pool, self.oid, ops, write=write)
+
+    async def holder(self) -> Holder | None:
+        """The current holder, or None if the lock is free."""
+        try:
+            r = await self._call([O.Call("lock", "get_info", json.dumps(
+                {"name": LOCK_NAME}).encode())], write=False)
+        except OSDError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        holders = json.loads(r.results[0].out or b"{}").get("holders", {})
+        for key, entry in holders.items():
+            return Holder.from_info(key, entry)
+        return None
+
+    async def acquire(self) -> None:
+        """Take the lock, breaking a dead holder's; LockBusy if a live one has it."""
+        for _ in range(5):
+            try:
+                await self._call([self._lock_op()])
+                break
+            except OSDError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+            h = await self.holder()
+            if h is None:
+                continue  # released meanwhile
+            if not stale(h):
+                raise LockBusy(h)
+            try:  # break exactly that holder's lock and take it, atomically
+                await self._call([
+                    O.Call("lock", "break_lock", json.dumps(
+                        {"name": LOCK_NAME, "owner": h.owner, "cookie": h.cookie}).encode()),
+                    self._lock_op()])
+            except OSDError as e:
+                if e.errno in (errno.ENOENT, errno.EBUSY):
+                    continue  # somebody else broke or took it first: look again
+                raise
+            log.warning("broke the image lock of %s (presumed dead)", h.describe())
+            break
+        else:
+            raise OSDError(errno.EBUSY, f"{self.oid}: the lock keeps changing hands")
+        self.held = True
+        _HELD[self.cookie] = self
+        self.objecter.msgr.nursery.start_soon(self._keep)  # type: ignore[union-attr]
+
+    async def _keep(self) -> None:
+        """Renew the lease until released; note a lock broken behind our back."""
+        with trio.CancelScope() as self._scope:
+            try:
+                while self.held:
+                    await trio.sleep(self.lease / 3)
+                    try:
+                        await self._call([O.Call("lock", "renew", self._args(
+                            description=self._desc()))])
+                    except OSDError as e:
+                        if e.errno == errno.ENOENT:
+                            self.lost = True
+                            self.held = False
+                            log.error("the image lock was broken by another client: "
+                                      "writes now fail (ESHUTDOWN)")
+                            return
+                        log.warning("renewing the image lock failed: %s", e)
+            finally:
+                _HELD.pop(self.cookie, None)
+
+    def drop(self) -> None:
+        """Stop renewing without unlocking (the header object is being deleted)."""
+        self.held = False
+        _HELD.pop(self.cookie, None)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def release(self) -> None:
+        """Give the lock up (best effort: a dead holder's lock is broken by the next one)."""
+        if not self.held:
+            return
+        self.drop()
+        try:
+            await self._call([O.Call("lock", "unlock", self._args())])
+        except OSDError as e:
+            log.warning("releasing the image lock failed: %s", e)
+
+
+def stale(h: Holder) -> bool:
+    """``is_stale`` with this process's facts."""
+    return is_stale(h, now=time.time(), host=socket.gethostname(), pid=os.getpid(),
+                    pid_alive=_pid_alive(h.pid, h.start), held_here=h.cookie in _HELD)

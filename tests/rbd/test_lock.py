@@ -1,0 +1,155 @@
+"""The exclusive lock: one writer, readers that trust no cached map, dead holders broken."""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+from dataclasses import replace
+
+import pytest
+import trio
+
+from rbdpy.osd import ops as O
+from rbdpy.rbd import image as rbdimage
+from rbdpy.rbd import lock as rlock
+from rbdpy.testing import POOL, connected, new_image
+
+
+def test_who_may_be_presumed_dead() -> None:
+    now = 1000.0
+    h = rlock.Holder("client.1", "c", "here", 42, 77, now + 10)
+    facts = {"now": now, "host": "here", "pid": 7, "pid_alive": True, "held_here": False}
+    assert not rlock.is_stale(h, **facts)  # its process runs and its lease is valid
+    assert rlock.is_stale(h, **{**facts, "pid_alive": False})  # killed: at once
+    # on another host only the lease can tell
+    assert not rlock.is_stale(h, **{**facts, "host": "there", "pid_alive": False})
+    assert rlock.is_stale(replace(h, expires=now - 1), **{**facts, "host": "there"})
+    # this very process: dead unless one of its openers still keeps that cookie
+    mine = replace(h, pid=7)
+    assert not rlock.is_stale(mine, **{**facts, "held_here": True})
+    assert rlock.is_stale(mine, **facts)
+    # a description nobody can read (no host, no lease) is never presumed dead
+    assert not rlock.is_stale(rlock.Holder("client.1", "c"), **{**facts, "pid_alive": False})
+
+
+def test_pid_start_time_names_one_process() -> None:
+    import os
+
+    start = rlock._proc_start(os.getpid())
+    assert start and rlock._pid_alive(os.getpid(), start)
+    assert not rlock._pid_alive(os.getpid(), start + 1)  # a recycled pid
+    assert not rlock._pid_alive(2**22 + 12345, 0)  # above pid_max: no such process
+
+
+async def _read(img: rbdimage.Image, off: int, n: int) -> bytes:
+    buf = bytearray(b"\xee" * n)
+    await img.read(off, memoryview(buf))
+    return bytes(buf)
+
+
+async def _start_read(img: rbdimage.Image, off: int, n: int) -> bytes:
+    buf = bytearray(b"\xee" * n)
+    done = trio.Event()
+    errs: list = []
+
+    def fin(err: BaseException | None) -> None:
+        errs.append(err)
+        done.set()
+
+    assert img.start_read(off, memoryview(buf), fin)
+    await done.wait()
+    assert errs == [None]
+    return bytes(buf)
+
+
+async def test_one_writer_and_readers_see_what_it_allocates_after_they_opened(
+        osd_process) -> None:  # noqa: ANN001
+    osd = osd_process()
+    osd.start()
+    async with new_image(osd.port, 16 << 20, order=20) as (_obj, img), \
+            connected(osd.port) as other:
+        assert img.trust_map and img.lock is not None and img.lock.held
+        with pytest.raises(rbdimage.ImageError) as e:
+            await rbdimage.Image.open(other, POOL, "img")
+        assert e.value.errno == errno.EBUSY
+        assert f"in use by client.{_obj.me.num} on " in str(e.value)
+        with pytest.raises(rbdimage.ImageError) as e:
+            await rbdimage.remove_image(other, POOL, "img")
+        assert e.value.errno == errno.EBUSY
+
+        ro = await rbdimage.Image.open(other, POOL, "img", read_only=True)
+        assert not ro.trust_map and ro.lock is None
+        # objects 5 and 9 are allocated after the reader loaded its map (holes in it)
+        await img.write(5 << 20, memoryview(b"q" * 1000), fua=True)
+        await img.write((9 << 20) + 7, memoryview(b"w" * 3000))  # write-back, then flush
+        await img.flush()
+        assert not ro.objmap[5] and not ro.objmap[9]
+        assert await _read(ro, 5 << 20, 1000) == b"q" * 1000
+        assert await _start_read(ro, (9 << 20) + 7, 3000) == b"w" * 3000
+        assert await _read(ro, 6 << 20, 100) == bytes(100)  # a real hole: ENOENT -> zeros
+        await ro.refresh_map()
+        assert ro.extents(4 << 20, 2 << 20) == [(4 << 20, 1 << 20, False),
+                                                (5 << 20, 1 << 20, True)]
+        assert await ro.du() == 1000 + 3000 + 7  # refreshed too: both objects counted
+        await img.close()
+        assert not img.lock.held
+        img2 = await rbdimage.Image.open(other, POOL, "img")  # released: the next writer
+        assert img2.lock.held and img2.objmap[5] and img2.objmap[9]
+
+
+async def test_an_abandoned_opener_in_this_process_does_not_lock_the_image_forever(
+        osd_process) -> None:  # noqa: ANN001
+    osd = osd_process()
+    osd.start()
+    async with new_image(osd.port, 4 << 20, order=20) as (_obj, img):
+        await img.write(0, memoryview(b"a" * 10), fua=True)
+    # its client shut down without closing the image: the lock is still on the header
+    async with connected(osd.port) as obj:
+        img2 = await rbdimage.Image.open(obj, POOL, "img")
+        assert img2.lock.held and await _read(img2, 0, 10) == b"a" * 10
+
+
+def _lock_call(method: str, **a: object) -> O.Call:
+    return O.Call("lock", method, json.dumps({"name": rlock.LOCK_NAME, **a}).encode())
+
+
+async def test_a_holder_on_another_host_is_broken_only_once_its_lease_ran_out(
+        osd_process) -> None:  # noqa: ANN001
+    osd = osd_process()
+    osd.start()
+    async with connected(osd.port) as obj:
+        await rbdimage.create_image(obj, POOL, "img", 4 << 20, order=20)
+        header = rbdimage.header_oid(await rbdimage.lookup_id(obj, POOL, "img"))
+        desc = json.dumps({"host": "elsewhere", "pid": 1, "expires": time.time() + 1.5})
+        await obj.submit(POOL, header, [_lock_call(
+            "lock", owner="client.9", cookie="k", type="exclusive", description=desc)],
+            write=True)
+        with pytest.raises(rbdimage.ImageError) as e:
+            await rbdimage.Image.open(obj, POOL, "img")
+        assert e.value.errno == errno.EBUSY and "client.9 on elsewhere pid 1" in str(e.value)
+        await trio.sleep(1.6)
+        img = await rbdimage.Image.open(obj, POOL, "img")
+        assert img.lock.held
+        r = await obj.submit(POOL, header, [_lock_call("get_info")], write=False)
+        assert list(json.loads(r.results[0].out)["holders"]) == [
+            f"{img.lock.owner}/{img.lock.cookie}"]
+
+
+async def test_a_holder_whose_lock_was_broken_refuses_writes(osd_process, monkeypatch
+                                                             ) -> None:  # noqa: ANN001
+    monkeypatch.setenv("RBDPY_LOCK_LEASE", "0.6")  # renewed every 0.2 s
+    osd = osd_process()
+    osd.start()
+    async with new_image(osd.port, 4 << 20, order=20) as (obj, img):
+        await img.write(0, memoryview(b"before"), fua=True)
+        lk = img.lock
+        await obj.submit(img.pool, rbdimage.header_oid(img.id), [_lock_call(
+            "break_lock", owner=lk.owner, cookie=lk.cookie)], write=True)  # `lock break`
+        with trio.fail_after(5):
+            while not lk.lost:
+                await trio.sleep(0.05)
+        with pytest.raises(rbdimage.ImageError) as e:
+            await img.write(0, memoryview(b"after"))
+        assert e.value.errno == errno.ESHUTDOWN
+        assert await _read(img, 0, 6) == b"before"
