@@ -153,6 +153,23 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 @_image_errors
+def cmd_lock(args: argparse.Namespace) -> int:
+    import time
+
+    with _rados(args) as r:
+        h = r.break_lock(args.name) if args.action == "break" else r.lock_holder(args.name)
+    if h is None:
+        print(f"image {args.name} is not locked")
+        return 0 if args.action == "ls" else 1
+    if args.action == "break":
+        print(f"broke the lock of {h.describe()}: it refuses writes from its next renewal")
+        return 0
+    left = f", lease ends in {h.expires - time.time():.0f} s" if h.expires else ""
+    print(f"locked by {h.describe()}{left} (cookie {h.cookie})")
+    return 0
+
+
+@_image_errors
 def cmd_resize(args: argparse.Namespace) -> int:
     with _rados(args) as r:
         img = r.open_image(args.name)
@@ -437,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--size", type=parse_size, required=True)
     sp.add_argument("--allow-shrink", action="store_true")
+    sp = image_cmd("lock", cmd_lock, "show (ls) or break the image's exclusive lock "
+                   "(like rbd lock ls / rm)")
+    sp.add_argument("action", choices=["ls", "break"])
+    sp.add_argument("name")
     sp = image_cmd("rm", cmd_rm, "remove an image and its data")
     sp.add_argument("name")
     sp = image_cmd("du", cmd_du, "provisioned and used space")

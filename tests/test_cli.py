@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import signal
 import socket
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import rbdpy
+from rbdpy.rbd.image import ImageError
 from tests.procs import pid_alive
 
 RBDPY = [sys.executable, "-m", "rbdpy.cli"]
@@ -32,7 +36,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_image_verbs(tmp_path: Path) -> None:
+def test_image_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RBDPY_LOCK_LEASE", "1.5")  # this process renews every 0.5 s
     data = tmp_path / "c"
     rb(data, "cluster", "up", "--osds", "2")
     try:
@@ -45,8 +50,6 @@ def test_image_verbs(tmp_path: Path) -> None:
         assert r.returncode == 1 and r.stderr.strip() == "rbdpy: image a exists"
         info = json.loads(rb(data, "info", "a", "--format", "json").stdout)
         assert (info["size"], info["order"], info["objects"]) == (100 << 20, 20, 100)
-
-        import rbdpy
 
         with rbdpy.connect(str(data)) as c:
             img = c.open_image("a")
@@ -68,6 +71,28 @@ def test_image_verbs(tmp_path: Path) -> None:
             img.resize(100 << 20)  # grow back: the shrunk-away tail must read as zeros
             assert img.pread((99 << 20) + 5, 5000) == bytes(5000)
         assert int(rb(data, "du", "a", "--bytes").stdout.split()[-1]) == 4
+
+        # the exclusive lock, as `rbd lock ls` / `rbd lock rm` show and break it
+        assert rb(data, "lock", "ls", "b").stdout.strip() == "image b is not locked"
+        with rbdpy.connect(str(data)) as c:
+            img = c.open_image("b")
+            img.write(0, b"mine")
+            ls = rb(data, "lock", "ls", "b").stdout
+            assert ls.startswith(f"locked by client.{c.objecter.me.num} on ")
+            assert f" pid {os.getpid()}, lease ends in " in ls
+            r = rb(data, "resize", "b", "--size", "2G", check=False)
+            assert r.returncode == 1 and "image b is in use by client." in r.stderr
+            assert "broke the lock of client." in rb(data, "lock", "break", "b").stdout
+            deadline = time.monotonic() + 10  # the holder learns it at its next renewal
+            while not img.image.lock.lost and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with pytest.raises(ImageError) as e:
+                img.write(0, b"late")
+            assert e.value.errno == errno.ESHUTDOWN
+            assert img.pread(0, 4) == b"mine"
+        rb(data, "resize", "b", "--size", "2G")  # free again
+        r = rb(data, "lock", "break", "b", check=False)
+        assert r.returncode == 1 and r.stdout.strip() == "image b is not locked"
 
         rb(data, "rm", "a")
         assert rb(data, "ls").stdout.split() == ["b"]

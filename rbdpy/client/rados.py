@@ -27,6 +27,7 @@ from rbdpy.client.bridge import ThreadBridge
 from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.msgr.messenger import Messenger
 from rbdpy.rbd import image as rbdimage
+from rbdpy.rbd import lock as rbdlock
 
 log = logging.getLogger("rbdpy.rados")
 T = TypeVar("T")
@@ -147,6 +148,25 @@ class Rados:
 
     def remove_image(self, name: str, progress=None) -> None:  # noqa: ANN001
         self.run(lambda: rbdimage.remove_image(self.objecter, self.pool, name, progress))
+
+    def lock_holder(self, name: str) -> rbdlock.Holder | None:
+        """Who holds the image's exclusive lock (None: nobody)."""
+        async def get() -> rbdlock.Holder | None:
+            image_id = await rbdimage.lookup_id(self.objecter, self.pool, name)
+            return await rbdlock.holder_of(self.objecter, self.pool,
+                                           rbdimage.header_oid(image_id))
+        return self.run(get)
+
+    def break_lock(self, name: str) -> rbdlock.Holder | None:
+        """Break whoever holds the image's lock; returns who that was (None: nobody)."""
+        async def brk() -> rbdlock.Holder | None:
+            header = rbdimage.header_oid(await rbdimage.lookup_id(self.objecter, self.pool,
+                                                                  name))
+            h = await rbdlock.holder_of(self.objecter, self.pool, header)
+            if h is not None:
+                await rbdlock.break_holder(self.objecter, self.pool, header, h)
+            return h
+        return self.run(brk)
 
     def open_image(self, name: str, *, read_only: bool = False, writeback: bool = True
                    ) -> SyncImage:

@@ -236,6 +236,18 @@ class ImageLock:
             log.warning("releasing the image lock failed: %s", e)
 
 
+async def holder_of(objecter: Objecter, pool: int, header_oid: str) -> Holder | None:
+    """Who holds an image's lock (None: nobody), for ``rbdpy lock ls``."""
+    return await ImageLock(objecter, pool, header_oid).holder()
+
+
+async def break_holder(objecter: Objecter, pool: int, header_oid: str, h: Holder) -> None:
+    """Break exactly ``h``'s lock (``rbdpy lock break``); ENOENT if it no longer holds it.
+    The holder finds out at its next renewal and refuses writes from then on."""
+    await objecter.submit(pool, header_oid, [O.Call("lock", "break_lock", json.dumps(
+        {"name": LOCK_NAME, "owner": h.owner, "cookie": h.cookie}).encode())], write=True)
+
+
 def stale(h: Holder) -> bool:
     """``is_stale`` with this process's facts."""
     return is_stale(h, now=time.time(), host=socket.gethostname(), pid=os.getpid(),
