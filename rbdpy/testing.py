@@ -34,9 +34,10 @@ async def run_with_objecter(port: int, fn: Callable[[Objecter, Messenger], Await
 
 
 @asynccontextmanager
-async def connected(port: int, timeout: float = 60.0) -> AsyncIterator[Objecter]:
+async def connected(port: int, timeout: float = 60.0, *, client_id: int | None = None
+                    ) -> AsyncIterator[Objecter]:
     """An objecter (one client) driving the OSD on ``port``; shut down on exit."""
-    obj = Objecter(single_osd_map(port))
+    obj = Objecter(single_osd_map(port), client_id=client_id)
     async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
         obj.attach(m)
         with trio.fail_after(timeout):

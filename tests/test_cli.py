@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import rbdpy
+from rbdpy.client.objecter import OSDError
 from rbdpy.rbd.image import ImageError
 from tests.procs import pid_alive
 
@@ -77,20 +78,26 @@ def test_image_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         with rbdpy.connect(str(data)) as c:
             img = c.open_image("b")
             img.write(0, b"mine")
+            img.flush()
             ls = rb(data, "lock", "ls", "b").stdout
             assert ls.startswith(f"locked by client.{c.objecter.me.num} on ")
             assert f" pid {os.getpid()}, lease ends in " in ls
             r = rb(data, "resize", "b", "--size", "2G", check=False)
             assert r.returncode == 1 and "image b is in use by client." in r.stderr
             assert "broke the lock of client." in rb(data, "lock", "break", "b").stdout
+            # fenced first: the OSDs refuse its requests at once, reads included
+            with pytest.raises(OSDError) as e:
+                img.pread(0, 4)
+            assert e.value.errno == errno.ESHUTDOWN
             deadline = time.monotonic() + 10  # the holder learns it at its next renewal
             while not img.image.lock.lost and time.monotonic() < deadline:
                 time.sleep(0.05)
             with pytest.raises(ImageError) as e:
-                img.write(0, b"late")
+                img.write(0, b"late")  # refused before it is even sent
             assert e.value.errno == errno.ESHUTDOWN
-            assert img.pread(0, 4) == b"mine"
         rb(data, "resize", "b", "--size", "2G")  # free again
+        with rbdpy.connect(str(data)) as c:
+            assert c.open_image("b", read_only=True).pread(0, 4) == b"mine"
         r = rb(data, "lock", "break", "b", check=False)
         assert r.returncode == 1 and r.stdout.strip() == "image b is not locked"
 

@@ -65,6 +65,7 @@ class Request:
     # a write whose caller waits for the commit asks for no ack reply: the OSD then sends
     # one reply instead of two (as modern Ceph clients ask only for ONDISK)
     want_ack: bool = True
+    osd: int | None = None  # sent to this OSD, whatever the placement (OSD-wide ops)
 
 
 MAX_UNCOMMITTED_PER_OBJECT = 64  # half the OSD's request-id window per client and object
@@ -103,14 +104,18 @@ class Objecter:
         snapid: int = osdops.NOSNAP,
         read_into: list[memoryview] | None = None,
         wait_commit: bool = False,
+        osd: int | None = None,
     ) -> object:
         """Send one op vector; return the decoded reply once acked (or committed).
+        ``osd`` sends it to that OSD rather than to the object's primary (OSD-wide ops
+        such as ``Blocklist``).
 
         Writes always ask for both replies: the ack returns control, the commit is tracked
         for ``flush``. Raises OSDError with the OSD's errno on failure.
         """
         req = self._new_request(pool, oid, ops, write, snapc, snapid, read_into)
         req.want_ack = not (write and wait_commit)
+        req.osd = osd
         sent = self._place(req)
         try:
             await (req.committed if wait_commit else req.acked).wait()
@@ -224,7 +229,10 @@ class Objecter:
 
     def _send(self, req: Request) -> None:
         assert self.msgr is not None, "objecter not attached to a messenger"
-        _pg, acting = self.osdmap.object_target(req.pool, req.oid)
+        if req.osd is not None:
+            acting = [req.osd] if req.osd in self.osdmap.osds else []
+        else:
+            _pg, acting = self.osdmap.object_target(req.pool, req.oid)
         if not acting:
             # nothing can serve this PG right now: wait for a map change
             req.target = None
@@ -266,6 +274,8 @@ class Objecter:
             return
         self.osdmap = osdmap
         for req in list(self.inflight.values()):
+            if req.osd is not None:
+                continue
             _pg, acting = osdmap.object_target(req.pool, req.oid)
             if not acting or acting[0] != req.target:
                 req.attempt += 1

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import struct
+import time
 from collections import OrderedDict, deque
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +42,8 @@ REQID_CLIENTS = 8  # client incarnations remembered per object
 _RQ_ENTRY = struct.Struct("<Qi")  # tid, result: one log entry
 _RQ_KEEP_BYTES = REQID_KEEP * _RQ_ENTRY.size
 _BOTH = osdops.FLAG_ACK | osdops.FLAG_COMMIT
+BLOCKLIST_KEY = "_osd.blocklist"  # the OSD's own object: one xattr per fenced client
+_UNTIL = struct.Struct("<Q")
 
 
 class _PendingCommit(NamedTuple):
@@ -137,12 +140,14 @@ class OSD:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = ObjectStore(self.data_dir / "store")
         self.epoch = 1
+        # fenced clients (client num -> until, epoch seconds): every request refused
+        self.blocklist: dict[int, int] = self._load_blocklist()
         self._pending: list[_PendingCommit] = []
         self._commit_wanted = trio.Event()
         # object -> its recent request ids, per client incarnation
         self._recent: dict[str, _ObjIds] = {}
         self.msgr: Messenger | None = None
-        self.stats = {"ops": 0, "errors": 0, "dups": 0, "commits": 0}
+        self.stats = {"ops": 0, "errors": 0, "dups": 0, "commits": 0, "fenced": 0}
         # fault injection for tests (like Ceph's *_inject_* options): hold every group commit
         # back this long, so "applied but not yet durable" lasts long enough to act on
         self.commit_delay = float(os.environ.get("RBDPY_OSD_COMMIT_DELAY", "0") or 0)
@@ -220,7 +225,56 @@ class OSD:
 
     # -- execution ------------------------------------------------------------------------
 
+    def _load_blocklist(self) -> dict[int, int]:
+        try:
+            attrs = self.store.getxattrs(BLOCKLIST_KEY)
+        except StoreError:
+            return {}
+        now = time.time()
+        out = {}
+        for name, raw in attrs.items():
+            if name.isdigit() and len(raw) == _UNTIL.size:
+                until = _UNTIL.unpack(raw)[0]
+                if until > now:
+                    out[int(name)] = until
+        return out
+
+    def _fenced(self, num: int) -> bool:
+        until = self.blocklist.get(num)
+        if until is None:
+            return False
+        if until > time.time():
+            return True
+        del self.blocklist[num]  # expired (its xattr goes with the next blocklist write)
+        return False
+
+    def _blocklist_add(self, peer: Peer, req: osdops.OSDRequest, op: osdops.Blocklist
+                       ) -> None:
+        """Fence a client, durably: replied to once the entry is committed, so the fencer
+        knows that no request of the fenced client is executed here any more."""
+        txn = Transaction()
+        txn.setxattr(str(op.client_num), _UNTIL.pack(op.until))
+        now = time.time()
+        for num, until in list(self.blocklist.items()):
+            if until <= now:
+                txn.rmxattr(str(num))
+                del self.blocklist[num]
+        try:
+            res = self.store.apply(BLOCKLIST_KEY, txn)
+        except StoreError as e:
+            self.stats["errors"] += 1
+            return self._reply(peer, req, -e.errno, 0, [], None, True)
+        if op.until > now:
+            self.blocklist[op.client_num] = op.until
+        log.warning("blocklisted client.%d until %d", op.client_num, op.until)
+        self._reply(peer, req, 0, res.version, [(op, 0, None)], res.seq, True)
+
     def _execute(self, peer: Peer, req: osdops.OSDRequest) -> None:
+        if self.blocklist and self._fenced(req.client.num):
+            self.stats["fenced"] += 1
+            return self._reply(peer, req, -errno.ESHUTDOWN, 0, [], None, req.is_write)
+        if len(req.ops) == 1 and type(req.ops[0]) is osdops.Blocklist:
+            return self._blocklist_add(peer, req, req.ops[0])
         key = f"{req.pool}.{req.oid}"
         reqid = (req.client.type, req.client.num, req.incarnation, req.tid)
         writes = calls = False

@@ -795,6 +795,25 @@ class AssertExists(Op):
     NAME: ClassVar[str] = "assert_exists"
 
 
+@register
+@dataclass
+class Blocklist(Op):
+    """Fence a client: until ``until`` (seconds since the epoch) this OSD refuses every
+    request from client ``client_num`` with ESHUTDOWN (Ceph's ``osd blocklist add``). It
+    acts on the OSD, not on the object the request names, and must be the only op of its
+    vector. Front: client_num u64, until u64."""
+
+    client_num: int = 0
+    until: int = 0
+    OPCODE: ClassVar[int] = 19
+    NAME: ClassVar[str] = "blocklist_add"
+    FIXED: ClassVar[struct.Struct] = struct.Struct("<QQ")
+    MUTATES: ClassVar[bool] = True
+
+    def fixed(self) -> tuple:
+        return (self.client_num, self.until)
+
+
 # ---- requests ---------------------------------------------------------------------------------
 
 

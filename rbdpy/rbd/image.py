@@ -459,6 +459,8 @@ class Image:
 
         def fin(req: Request) -> None:
             self.dirty_bytes -= length
+            if req.error == errno.ESHUTDOWN and self.lock is not None:
+                self.lock.lost = True  # fenced: another client broke our lock
             if req.error and self._wb_error is None:
                 self._wb_error = OSDError(req.error, f"write-back to {oid}")
                 log.warning("write-back to %s failed: %s; the next flush reports it", oid,

@@ -13,9 +13,11 @@ broken when its lease expired, or at once when its host is this one and its proc
 (or, within one process, its opener has shut down). Breaking and taking the lock is one
 atomic op vector that names the holder it breaks, so two breakers cannot both win.
 
-Not here yet (Ceph does it with OSD blocklisting): fencing. A holder that is alive but
-stalled beyond its lease can still write until its next renewal fails, after which every
-write fails with ESHUTDOWN.
+Before a lock is broken its holder is *fenced*, as Ceph does: every OSD in the map
+blocklists the holder's client (``Blocklist`` op, committed before it is answered) and from
+then on refuses all of its requests with ESHUTDOWN. So a holder presumed dead that was only
+stalled (or partitioned) cannot write behind the new holder's back: its late writes fail,
+and so does its next renewal, after which it refuses writes itself.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -41,6 +44,9 @@ LOCK_TAG = "internal"
 LEASE = 30.0
 """Seconds a holder's lock stays valid without a renewal (``RBDPY_LOCK_LEASE`` overrides)."""
 
+BLOCKLIST_FOR = 3600  # seconds a fenced client stays refused (Ceph's default: one hour)
+BLOCKLIST_OID = "osd_blocklist"  # named by Blocklist requests (the op acts on the OSD)
+FENCE_TIMEOUT = 10.0
 _HELD: dict[str, ImageLock] = {}  # cookie -> lock kept by a live keeper in this process
 
 
@@ -181,6 +187,7 @@ class ImageLock:
                 continue  # released meanwhile
             if not stale(h):
                 raise LockBusy(h)
+            await fence(self.objecter, self.pool, h)
             try:  # break exactly that holder's lock and take it, atomically
                 await self._call([
                     O.Call("lock", "break_lock", json.dumps(
@@ -208,7 +215,7 @@ class ImageLock:
                         await self._call([O.Call("lock", "renew", self._args(
                             description=self._desc()))])
                     except OSDError as e:
-                        if e.errno == errno.ENOENT:
+                        if e.errno in (errno.ENOENT, errno.ESHUTDOWN):  # broken, fenced
                             self.lost = True
                             self.held = False
                             log.error("the image lock was broken by another client: "
@@ -241,9 +248,30 @@ async def holder_of(objecter: Objecter, pool: int, header_oid: str) -> Holder | 
     return await ImageLock(objecter, pool, header_oid).holder()
 
 
+async def fence(objecter: Objecter, pool: int, h: Holder) -> None:
+    """Blocklist the holder's client on every OSD, durably, before its lock is broken
+    (not our own client: its requests are ordered with ours on the same sessions)."""
+    owner, _, num_s = h.owner.partition(".")
+    if owner != "client" or not num_s.isdigit() or int(num_s) == objecter.me.num:
+        return
+    until = int(time.time() + BLOCKLIST_FOR)
+    with trio.move_on_after(FENCE_TIMEOUT) as scope:
+        async with trio.open_nursery() as n:
+            for osd_id in objecter.osdmap.osds:
+                n.start_soon(partial(objecter.submit, pool, BLOCKLIST_OID,
+                                     [O.Blocklist(int(num_s), until)], write=True,
+                                     wait_commit=True, osd=osd_id))
+    if scope.cancelled_caught:
+        raise OSDError(errno.ETIMEDOUT, f"fencing {h.owner}: not every OSD answered in "
+                       f"{FENCE_TIMEOUT:g} s, its lock stays")
+    log.warning("fenced %s on every OSD", h.owner)
+
+
 async def break_holder(objecter: Objecter, pool: int, header_oid: str, h: Holder) -> None:
-    """Break exactly ``h``'s lock (``rbdpy lock break``); ENOENT if it no longer holds it.
-    The holder finds out at its next renewal and refuses writes from then on."""
+    """Fence ``h`` and break exactly its lock (``rbdpy lock break``); ENOENT if it no
+    longer holds it. Its requests fail from now on; it refuses writes itself from its next
+    renewal."""
+    await fence(objecter, pool, h)
     await objecter.submit(pool, header_oid, [O.Call("lock", "break_lock", json.dumps(
         {"name": LOCK_NAME, "owner": h.owner, "cookie": h.cookie}).encode())], write=True)
 

@@ -7,8 +7,7 @@ import json
 import os
 import random
 import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
 
 import pytest
 import trio
@@ -17,24 +16,14 @@ from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message
 from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
 from rbdpy.osd import ops as O
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.testing import connected
 
 POOL = 1
 BS = 4096
 
 
-def osdmap(port: int) -> OSDMap:
-    return OSDMap(osds={0: OSDInfo(0, "127.0.0.1", port)}, pools={POOL: PoolInfo(POOL, "rbd")})
-
-
-@asynccontextmanager
-async def client(port: int, timeout: float = 30) -> AsyncIterator[Objecter]:
-    obj = Objecter(osdmap(port))
-    async with Messenger(obj.me, obj, backoff=(0.01, 0.1)) as m:
-        obj.attach(m)
-        with trio.fail_after(timeout):
-            yield obj
-        m.shutdown()
+def client(port: int, timeout: float = 30, *, client_id: int | None = None):  # noqa: ANN201
+    return connected(port, timeout, client_id=client_id)
 
 
 async def read(obj: Objecter, oid: str, off: int, n: int) -> bytes:
@@ -557,3 +546,29 @@ async def test_a_write_waiting_for_its_commit_gets_one_reply_with_its_outputs(os
         await obj.submit(POOL, "h", [O.Write(0, b"abc")], write=True)  # waits for the ack
         await obj.flush()
         assert sorted(f for _, f in replies) == [O.FLAG_ACK, O.FLAG_COMMIT]
+
+
+async def test_a_blocklisted_client_is_refused_everything_until_it_expires(osd) -> None:  # noqa: ANN001
+    """Fencing (``Blocklist``): once the fencer has the (committed) reply, every request of
+    that client fails with ESHUTDOWN, reads too, across an OSD restart; others are served."""
+    now = int(time.time())
+    async with client(osd.port) as a, client(osd.port) as b:
+        await a.submit(POOL, "o", [O.Write(0, b"a")], write=True)
+        await b.submit(POOL, "osd_blocklist", [O.Blocklist(a.me.num, now + 3600)],
+                       write=True, wait_commit=True, osd=0)
+        await expect_err(errno.ESHUTDOWN, a.submit(POOL, "o", [O.Write(0, b"x")],
+                                                   write=True))
+        await expect_err(errno.ESHUTDOWN, a.submit(POOL, "o", [O.Read(0, 1)], write=False))
+        assert await read(b, "o", 0, 1) == b"a"
+        # an entry already expired fences nothing; with other ops it is not a fence at all
+        await b.submit(POOL, "osd_blocklist", [O.Blocklist(b.me.num, now - 1)],
+                       write=True, wait_commit=True, osd=0)
+        assert await read(b, "o", 0, 1) == b"a"
+        await expect_err(errno.EOPNOTSUPP, b.submit(POOL, "o", [
+            O.Write(0, b"y"), O.Blocklist(b.me.num, now + 3600)], write=True))
+        a_num = a.me.num
+    osd.kill9()
+    osd.start()
+    async with client(osd.port, client_id=a_num) as a2, client(osd.port) as b2:
+        await expect_err(errno.ESHUTDOWN, a2.submit(POOL, "o", [O.Read(0, 1)], write=False))
+        assert await read(b2, "o", 0, 1) == b"a"

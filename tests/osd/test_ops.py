@@ -68,6 +68,7 @@ OP = st.one_of(
     st.builds(O.ListObjects, NAME, U32),
     st.builds(O.AssertVersion, U64),
     st.builds(O.AssertExists),
+    st.builds(O.Blocklist, U64, U64),
 )
 
 
@@ -708,7 +709,7 @@ def test_registry() -> None:
     names = {cls.NAME for cls in ops.values()}
     assert {"read", "sparse_read", "write", "writefull", "zero", "truncate", "delete",
             "create", "stat", "getxattr", "setxattr", "rmxattr", "getxattrs", "cmpxattr",
-            "call", "list_objects", "assert_version"} <= names
+            "call", "list_objects", "assert_version", "blocklist_add"} <= names
     for code, cls in ops.items():
         assert code == cls.OPCODE and O.op_class(code) is cls
         assert cls.__doc__ and cls.__doc__ != O.Op.__doc__, cls

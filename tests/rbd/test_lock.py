@@ -153,3 +153,29 @@ async def test_a_holder_whose_lock_was_broken_refuses_writes(osd_process, monkey
             await img.write(0, memoryview(b"after"))
         assert e.value.errno == errno.ESHUTDOWN
         assert await _read(img, 0, 6) == b"before"
+
+
+async def test_a_stalled_holder_is_fenced_before_its_lock_is_taken(osd_process) -> None:  # noqa: ANN001
+    """A holder presumed dead may only be stalled. Its lock is taken only after every OSD
+    fenced its client, so its late writes fail (ESHUTDOWN) instead of landing behind the
+    new holder's back, even before it notices anything itself."""
+    osd = osd_process()
+    osd.start()
+    async with new_image(osd.port, 4 << 20, order=20) as (_obj, img), \
+            connected(osd.port) as other:
+        await img.write(0, memoryview(b"old"), fua=True)
+        while img.lock._scope is None:
+            await trio.sleep(0.01)
+        img.lock._scope.cancel()  # it stalls: no more renewals, so it reads as dead
+        img2 = await rbdimage.Image.open(other, POOL, "img")
+        assert img2.lock.held and not img.lock.lost  # the stalled one has not noticed
+        with pytest.raises(rbdimage.OSDError) as e:
+            await img.write(0, memoryview(b"late"), fua=True)
+        assert e.value.errno == errno.ESHUTDOWN
+        await img.write(0, memoryview(b"LATE"))  # write-back: the failure comes at flush
+        with pytest.raises(rbdimage.OSDError) as e:
+            await img.flush()
+        assert e.value.errno == errno.ESHUTDOWN and img.lock.lost
+        assert await _read(img2, 0, 4) == b"old\0"
+        await img2.write(0, memoryview(b"new"), fua=True)
+        assert await _read(img2, 0, 3) == b"new"
