@@ -47,6 +47,7 @@ LEASE = 30.0
 BLOCKLIST_FOR = 3600  # seconds a fenced client stays refused (Ceph's default: one hour)
 BLOCKLIST_OID = "osd_blocklist"  # named by Blocklist requests (the op acts on the OSD)
 FENCE_TIMEOUT = 10.0
+RELEASE_TIMEOUT = 5.0
 _HELD: dict[str, ImageLock] = {}  # cookie -> lock kept by a live keeper in this process
 
 
@@ -237,10 +238,13 @@ class ImageLock:
         if not self.held:
             return
         self.drop()
-        try:
-            await self._call([O.Call("lock", "unlock", self._args())])
-        except OSDError as e:
-            log.warning("releasing the image lock failed: %s", e)
+        with trio.move_on_after(RELEASE_TIMEOUT) as scope:  # never hang a shutdown on it
+            try:
+                await self._call([O.Call("lock", "unlock", self._args())])
+            except OSDError as e:
+                log.warning("releasing the image lock failed: %s", e)
+        if scope.cancelled_caught:
+            log.warning("releasing the image lock timed out; the next writer breaks it")
 
 
 async def holder_of(objecter: Objecter, pool: int, header_oid: str) -> Holder | None:

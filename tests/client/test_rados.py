@@ -61,3 +61,18 @@ def test_posted_small_writes_are_read_back_and_survive_kill9(osd_process) -> Non
         assert r.open_image("img").pread(0, 8 << 20) == want
     finally:
         r.close()
+
+
+def test_close_returns_when_the_osd_is_gone(osd_process) -> None:  # noqa: ANN001
+    """Closing releases the image's lock, best effort: with the OSD killed it must still
+    return (the next writer breaks the lock), not wait for an answer forever."""
+    osd = osd_process()
+    osd.start()
+    r = _rados(osd.port)
+    r.create_image("img", 1 << 20, order=20)
+    r.open_image("img").write(0, b"x", fua=True)
+    osd.kill9()
+    t = threading.Thread(target=r.close)
+    t.start()
+    t.join(60)
+    assert not t.is_alive()
