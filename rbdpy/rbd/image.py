@@ -131,7 +131,7 @@ async def create_image(objecter: Objecter, pool: int, name: str, size: int, *, o
         raise
     header = {"id": image_id, "name": name, "size": size, "order": order,
               "stripe_unit": stripe_unit or (1 << order), "stripe_count": stripe_count,
-              "features": ["layering", "object-map"], "created": time.time()}
+              "features": ["layering", "exclusive-lock", "object-map"], "created": time.time()}
     try:
         await objecter.submit(pool, header_oid(image_id), [O.Call("rbd", "create", json.dumps(
             header).encode())], write=True)
@@ -217,6 +217,10 @@ class Image:
                 raise ImageError(errno.EBUSY, f"image {name} is in use by "
                                  f"{e.holder.describe()} (it holds the exclusive lock; "
                                  "read-only opens still work)") from None
+            except OSDError as e:
+                if e.errno != errno.ETIMEDOUT:
+                    raise
+                raise ImageError(errno.EBUSY, f"image {name}: {e}") from None
         try:
             try:
                 r = await objecter.submit(pool, header_oid(image_id),

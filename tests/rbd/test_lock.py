@@ -5,12 +5,16 @@ from __future__ import annotations
 import errno
 import json
 import time
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
 import trio
 
+from rbdpy.client.objecter import Objecter
+from rbdpy.msgr.messenger import Messenger
 from rbdpy.osd import ops as O
+from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.rbd import image as rbdimage
 from rbdpy.rbd import lock as rlock
 from rbdpy.testing import POOL, connected, new_image
@@ -179,3 +183,40 @@ async def test_a_stalled_holder_is_fenced_before_its_lock_is_taken(osd_process) 
         assert await _read(img2, 0, 4) == b"old\0"
         await img2.write(0, memoryview(b"new"), fua=True)
         assert await _read(img2, 0, 3) == b"new"
+
+
+async def test_a_lock_is_not_taken_while_an_osd_cannot_fence_its_holder(
+        osd_process, monkeypatch) -> None:  # noqa: ANN001
+    """Every OSD must refuse the old holder before its lock changes hands: with one OSD
+    down, taking over fails with a clear error (the lock stays), and works once it is up."""
+    monkeypatch.setattr(rlock, "FENCE_TIMEOUT", 1.0)
+    osds = [osd_process("a", 0), osd_process("b", 1)]
+    for o in osds:
+        o.start()
+    osdmap = OSDMap(osds={i: OSDInfo(i, "127.0.0.1", o.port) for i, o in enumerate(osds)},
+                    pools={POOL: PoolInfo(POOL, "rbd")})
+
+    @asynccontextmanager
+    async def client():  # noqa: ANN202
+        obj = Objecter(osdmap)
+        async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
+            obj.attach(m)
+            with trio.fail_after(60):
+                yield obj
+            m.shutdown()
+
+    async with client() as obj:
+        await rbdimage.create_image(obj, POOL, "img", 4 << 20, order=20)
+        img = await rbdimage.Image.open(obj, POOL, "img")  # abandoned below: presumed dead
+        header = rbdimage.header_oid(img.id)
+    _pg, acting = osdmap.object_target(POOL, header)
+    other = osds[1 - acting[0]]  # not the header's OSD: the lock itself stays reachable
+    other.kill9()
+    async with client() as obj:
+        with pytest.raises(rbdimage.ImageError) as e:
+            await rbdimage.Image.open(obj, POOL, "img")
+        assert e.value.errno == errno.EBUSY and "not every OSD answered" in str(e.value)
+        assert (await rlock.holder_of(obj, POOL, header)).cookie == img.lock.cookie
+        other.start()
+        img2 = await rbdimage.Image.open(obj, POOL, "img")
+        assert img2.lock.held
