@@ -205,18 +205,29 @@ async def test_a_lock_is_not_taken_while_an_osd_cannot_fence_its_holder(
                 yield obj
             m.shutdown()
 
+    def primary(oid: str) -> int:
+        return osdmap.object_target(POOL, oid)[1][0]
+
     async with client() as obj:
-        await rbdimage.create_image(obj, POOL, "img", 4 << 20, order=20)
-        img = await rbdimage.Image.open(obj, POOL, "img")  # abandoned below: presumed dead
+        # an image whose directory entry, header and object map share one OSD: the other
+        # can go down and opening still reaches everything but the fence
+        for i in range(100):
+            await rbdimage.create_image(obj, POOL, f"img{i}", 4 << 20, order=20)
+            image_id = await rbdimage.lookup_id(obj, POOL, f"img{i}")
+            home = {primary(o) for o in (rbdimage.DIRECTORY, rbdimage.header_oid(image_id),
+                                         rbdimage.objmap_oid(image_id))}
+            if len(home) == 1:
+                break
+        name = f"img{i}"
+        img = await rbdimage.Image.open(obj, POOL, name)  # abandoned below: presumed dead
         header = rbdimage.header_oid(img.id)
-    _pg, acting = osdmap.object_target(POOL, header)
-    other = osds[1 - acting[0]]  # not the header's OSD: the lock itself stays reachable
+    other = osds[1 - home.pop()]
     other.kill9()
     async with client() as obj:
         with pytest.raises(rbdimage.ImageError) as e:
-            await rbdimage.Image.open(obj, POOL, "img")
+            await rbdimage.Image.open(obj, POOL, name)
         assert e.value.errno == errno.EBUSY and "not every OSD answered" in str(e.value)
         assert (await rlock.holder_of(obj, POOL, header)).cookie == img.lock.cookie
         other.start()
-        img2 = await rbdimage.Image.open(obj, POOL, "img")
+        img2 = await rbdimage.Image.open(obj, POOL, name)
         assert img2.lock.held
