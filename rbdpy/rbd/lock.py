@@ -7,11 +7,16 @@ nobody else may write. A read-only open takes no lock and trusts no cached map: 
 server may be writing, so it asks the OSDs (see ``Image.trust_map``).
 
 A second writable open of an image in use fails with EBUSY naming the holder. A holder that
-died (kill -9, a crashed host) must not keep the image locked forever, so the lock records
-a lease that the holder renews every ``lease/3`` seconds, and its host and pid; it may be
-broken when its lease expired, or at once when its host is this one and its process is gone
-(or, within one process, its opener has shut down). Breaking and taking the lock is one
-atomic op vector that names the holder it breaks, so two breakers cannot both win.
+died (kill -9, a crashed host, a container that is gone) must not keep the image locked
+forever, so the lock records a lease that the holder renews every ``lease/3`` seconds, and
+where it runs: host, boot id, pid namespace, pid and the process's start time. A holder is
+judged (``assess``) *dead* when its lease ran out, when its host rebooted, or when it ran in
+this very pid namespace and its process is gone (or, within one process, its opener shut
+down); *alive* when that process is seen running; otherwise (another host, another
+container) *unknown*: the opener then waits for its lease to run out and takes the lock only
+if it was not renewed meanwhile, as Ceph waits for a dead owner's watch to time out.
+Breaking and taking the lock is one atomic op vector that names the holder it breaks, so
+two breakers cannot both win.
 
 Before a lock is broken its holder is *fenced*, as Ceph does: every OSD in the map
 blocklists the holder's client (``Blocklist`` op, committed before it is answered) and from
@@ -48,6 +53,7 @@ BLOCKLIST_FOR = 3600  # seconds a fenced client stays refused (Ceph's default: o
 BLOCKLIST_OID = "osd_blocklist"  # named by Blocklist requests (the op acts on the OSD)
 FENCE_TIMEOUT = 10.0
 RELEASE_TIMEOUT = 5.0
+MAX_WAIT = 120.0  # longest wait for the lease of a holder whose liveness we cannot check
 _HELD: dict[str, ImageLock] = {}  # cookie -> lock kept by a live keeper in this process
 
 
@@ -69,6 +75,8 @@ class Holder:
     pid: int = 0
     start: int = 0  # the process's start time (see ``_proc_start``)
     expires: float = 0.0  # wall clock (time.time())
+    boot: str = ""  # the host's boot id: another one means the host rebooted since
+    pidns: str = ""  # the pid namespace its pid belongs to
 
     @classmethod
     def from_info(cls, key: str, entry: dict) -> Holder:
@@ -79,7 +87,8 @@ class Holder:
             d = {}
         try:
             return cls(owner, cookie, str(d.get("host", "")), int(d.get("pid", 0) or 0),
-                       int(d.get("start", 0) or 0), float(d.get("expires", 0) or 0))
+                       int(d.get("start", 0) or 0), float(d.get("expires", 0) or 0),
+                       str(d.get("boot", "")), str(d.get("pidns", "")))
         except (TypeError, ValueError):
             return cls(owner, cookie)  # unreadable: only its lease (none) can end it
 
@@ -88,19 +97,35 @@ class Holder:
         return f"{self.owner}{where}"
 
 
-def is_stale(h: Holder, *, now: float, host: str, pid: int, pid_alive: bool,
-             held_here: bool) -> bool:
-    """Whether a holder can be presumed dead (pure: the caller gathers the facts).
+DEAD, ALIVE, UNKNOWN = "dead", "alive", "unknown"
 
-    ``pid_alive``: whether ``h.pid`` runs on this host (meaningful when h.host == host);
+
+@dataclass(frozen=True)
+class Here:
+    """Where this process runs (what a holder's record is compared with)."""
+
+    host: str
+    boot: str
+    pidns: str
+    pid: int
+
+
+def assess(h: Holder, here: Here, *, now: float, pid_alive: bool, held_here: bool) -> str:
+    """DEAD, ALIVE or UNKNOWN (pure: the caller gathers the facts).
+
+    ``pid_alive``: whether ``h.pid`` with ``h.start`` runs in our pid namespace;
     ``held_here``: whether a live opener in this process keeps that cookie."""
     if h.expires and h.expires < now:
-        return True
-    if h.host and h.host == host:
-        if h.pid == pid:
-            return not held_here
-        return not pid_alive
-    return False
+        return DEAD
+    if not h.host or h.host != here.host:
+        return UNKNOWN  # another machine: only its lease can tell
+    if h.boot and here.boot and h.boot != here.boot:
+        return DEAD  # this host rebooted since: that process is gone
+    if not h.pidns or h.pidns != here.pidns:
+        return UNKNOWN  # another container on this host: its pids are not ours to check
+    if h.pid == here.pid:
+        return ALIVE if held_here else DEAD
+    return ALIVE if pid_alive else DEAD
 
 
 def _proc_start(pid: int) -> int | None:
@@ -125,6 +150,23 @@ def _pid_alive(pid: int, start: int) -> bool:
     return got is not None and (not start or got == start)
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def here() -> Here:
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = ""
+    return Here(socket.gethostname(), _read("/proc/sys/kernel/random/boot_id"), pidns,
+                os.getpid())
+
+
 def lease() -> float:
     try:
         return float(os.environ.get("RBDPY_LOCK_LEASE", "") or LEASE)
@@ -143,14 +185,16 @@ class ImageLock:
         self.held = False
         self.lost = False  # the lock was broken by someone else: writes must stop
         self._scope: trio.CancelScope | None = None
+        self._here = here()
 
     def _args(self, **more: object) -> bytes:
         return json.dumps({"name": LOCK_NAME, "owner": self.owner, "cookie": self.cookie,
                            **more}).encode()
 
     def _desc(self) -> str:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                           "start": _proc_start(os.getpid()) or 0,
+        me = self._here
+        return json.dumps({"host": me.host, "boot": me.boot, "pidns": me.pidns, "pid": me.pid,
+                           "start": _proc_start(me.pid) or 0,
                            "expires": time.time() + self.lease})
 
     def _lock_op(self) -> O.Call:
@@ -186,7 +230,12 @@ class ImageLock:
             h = await self.holder()
             if h is None:
                 continue  # released meanwhile
-            if not stale(h):
+            verdict = judge(h)
+            if verdict == UNKNOWN:
+                h = await self._outwait(h)
+                if h is None:
+                    continue  # released or taken over meanwhile: look again
+            elif verdict == ALIVE:
                 raise LockBusy(h)
             await fence(self.objecter, self.pool, h)
             try:  # break exactly that holder's lock and take it, atomically
@@ -205,6 +254,23 @@ class ImageLock:
         self.held = True
         _HELD[self.cookie] = self
         self.objecter.msgr.nursery.start_soon(self._keep)  # type: ignore[union-attr]
+
+    async def _outwait(self, h: Holder) -> Holder | None:
+        """Wait for the lease of a holder we cannot see: the same ``h`` if it ran out
+        unrenewed (dead), None if the lock changed hands; LockBusy if it was renewed."""
+        if not h.expires:
+            raise LockBusy(h)  # no lease at all: only ``rbdpy lock break`` ends it
+        wait = h.expires - time.time() + 0.1
+        if wait > 0:
+            log.warning("image locked by %s, whose liveness cannot be checked from here: "
+                        "waiting %.0f s for its lease", h.describe(), wait)
+            await trio.sleep(min(wait, MAX_WAIT))
+        now = await self.holder()
+        if now is None or now.cookie != h.cookie:
+            return None
+        if now.expires != h.expires or now.expires > time.time():
+            raise LockBusy(now)  # it renewed (alive), or its lease is longer than we wait
+        return now
 
     async def _keep(self) -> None:
         """Renew the lease until released; note a lock broken behind our back."""
@@ -280,7 +346,7 @@ async def break_holder(objecter: Objecter, pool: int, header_oid: str, h: Holder
         {"name": LOCK_NAME, "owner": h.owner, "cookie": h.cookie}).encode())], write=True)
 
 
-def stale(h: Holder) -> bool:
-    """``is_stale`` with this process's facts."""
-    return is_stale(h, now=time.time(), host=socket.gethostname(), pid=os.getpid(),
-                    pid_alive=_pid_alive(h.pid, h.start), held_here=h.cookie in _HELD)
+def judge(h: Holder) -> str:
+    """``assess`` with this process's facts."""
+    return assess(h, here(), now=time.time(), pid_alive=_pid_alive(h.pid, h.start),
+                  held_here=h.cookie in _HELD)

@@ -22,19 +22,26 @@ from rbdpy.testing import POOL, connected, new_image
 
 def test_who_may_be_presumed_dead() -> None:
     now = 1000.0
-    h = rlock.Holder("client.1", "c", "here", 42, 77, now + 10)
-    facts = {"now": now, "host": "here", "pid": 7, "pid_alive": True, "held_here": False}
-    assert not rlock.is_stale(h, **facts)  # its process runs and its lease is valid
-    assert rlock.is_stale(h, **{**facts, "pid_alive": False})  # killed: at once
-    # on another host only the lease can tell
-    assert not rlock.is_stale(h, **{**facts, "host": "there", "pid_alive": False})
-    assert rlock.is_stale(replace(h, expires=now - 1), **{**facts, "host": "there"})
+    me = rlock.Here("here", "boot1", "pid:[1]", 7)
+    h = rlock.Holder("client.1", "c", "here", 42, 77, now + 10, "boot1", "pid:[1]")
+
+    def judge(h: rlock.Holder, pid_alive: bool = True, held_here: bool = False,
+              here: rlock.Here = me) -> str:
+        return rlock.assess(h, here, now=now, pid_alive=pid_alive, held_here=held_here)
+
+    assert judge(h) == rlock.ALIVE  # its process runs (and its lease is valid)
+    assert judge(h, pid_alive=False) == rlock.DEAD  # killed: known at once
+    assert judge(replace(h, expires=now - 1)) == rlock.DEAD  # lease ran out
+    assert judge(replace(h, boot="boot0"), pid_alive=True) == rlock.DEAD  # host rebooted
+    # another host, or another container on this one: only its lease can tell
+    assert judge(h, pid_alive=False, here=replace(me, host="there")) == rlock.UNKNOWN
+    assert judge(replace(h, pidns="pid:[2]"), pid_alive=False) == rlock.UNKNOWN
     # this very process: dead unless one of its openers still keeps that cookie
     mine = replace(h, pid=7)
-    assert not rlock.is_stale(mine, **{**facts, "held_here": True})
-    assert rlock.is_stale(mine, **facts)
-    # a description nobody can read (no host, no lease) is never presumed dead
-    assert not rlock.is_stale(rlock.Holder("client.1", "c"), **{**facts, "pid_alive": False})
+    assert judge(mine, held_here=True) == rlock.ALIVE
+    assert judge(mine) == rlock.DEAD
+    # a description nobody can read: unknown (and without a lease, never presumed dead)
+    assert judge(rlock.Holder("client.1", "c"), pid_alive=False) == rlock.UNKNOWN
 
 
 def test_pid_start_time_names_one_process() -> None:
@@ -118,26 +125,47 @@ def _lock_call(method: str, **a: object) -> O.Call:
     return O.Call("lock", method, json.dumps({"name": rlock.LOCK_NAME, **a}).encode())
 
 
-async def test_a_holder_on_another_host_is_broken_only_once_its_lease_ran_out(
+async def test_a_holder_on_another_host_is_waited_out_unless_it_renews(
         osd_process) -> None:  # noqa: ANN001
+    """Liveness on another host cannot be checked: the opener waits for the holder's lease
+    and takes (fences, breaks) the lock only if it ran out unrenewed; a holder that renews
+    meanwhile is alive, and the open fails with EBUSY."""
     osd = osd_process()
     osd.start()
-    async with connected(osd.port) as obj:
+    async with connected(osd.port) as obj, connected(osd.port) as remote:
         await rbdimage.create_image(obj, POOL, "img", 4 << 20, order=20)
         header = rbdimage.header_oid(await rbdimage.lookup_id(obj, POOL, "img"))
-        desc = json.dumps({"host": "elsewhere", "pid": 1, "expires": time.time() + 1.5})
-        await obj.submit(POOL, header, [_lock_call(
-            "lock", owner="client.9", cookie="k", type="exclusive", description=desc)],
-            write=True)
-        with pytest.raises(rbdimage.ImageError) as e:
-            await rbdimage.Image.open(obj, POOL, "img")
-        assert e.value.errno == errno.EBUSY and "client.9 on elsewhere pid 1" in str(e.value)
-        await trio.sleep(1.6)
-        img = await rbdimage.Image.open(obj, POOL, "img")
+        who = {"owner": f"client.{remote.me.num}", "cookie": "k"}
+
+        def desc(lease: float) -> str:
+            return json.dumps({"host": "elsewhere", "pid": 1, "expires": time.time() + lease})
+
+        await remote.submit(POOL, header, [_lock_call(
+            "lock", **who, type="exclusive", description=desc(1.0))], write=True)
+        renewing = True
+
+        async def renew() -> None:
+            while renewing:
+                await trio.sleep(0.3)
+                await remote.submit(POOL, header, [_lock_call(
+                    "renew", **who, description=desc(1.0))], write=True)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(renew)
+            with pytest.raises(rbdimage.ImageError) as e:
+                await rbdimage.Image.open(obj, POOL, "img")
+            assert e.value.errno == errno.EBUSY
+            assert f"client.{remote.me.num} on elsewhere pid 1" in str(e.value)
+            renewing = False
+        img = await rbdimage.Image.open(obj, POOL, "img")  # waits ~1 s, then takes it
         assert img.lock.held
         r = await obj.submit(POOL, header, [_lock_call("get_info")], write=False)
         assert list(json.loads(r.results[0].out)["holders"]) == [
             f"{img.lock.owner}/{img.lock.cookie}"]
+        # and the one it took over from was fenced first
+        with pytest.raises(rbdimage.OSDError) as e:
+            await remote.submit(POOL, header, [_lock_call("get_info")], write=False)
+        assert e.value.errno == errno.ESHUTDOWN
 
 
 async def test_a_holder_whose_lock_was_broken_refuses_writes(osd_process, monkeypatch
