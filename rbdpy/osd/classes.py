@@ -103,14 +103,19 @@ def lock_lock(ctx: ClsContext, indata: bytes) -> bytes:
     return b""
 
 
-@method("lock", "unlock", write=True)
-def lock_unlock(ctx: ClsContext, indata: bytes) -> bytes:
-    a = _j(indata)
+def _held(ctx: ClsContext, a: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(lock name, holder key, lock state) for a call naming a holder that holds the lock;
+    ENOENT if it does not (any more)."""
     name = a.get("name", "lock")
     holder = f"{a.get('owner', '')}/{a.get('cookie', '')}"
     st = _locks(ctx, name)
     if holder not in st["holders"]:
         raise ClsError(errno.ENOENT, "not held by this owner and cookie")
+    return name, holder, st
+
+
+def _drop_holder(ctx: ClsContext, a: dict[str, Any]) -> bytes:
+    name, holder, st = _held(ctx, a)
     del st["holders"][holder]
     if st["holders"]:
         ctx.setxattr(f"lock.{name}", _out(st))
@@ -119,16 +124,17 @@ def lock_unlock(ctx: ClsContext, indata: bytes) -> bytes:
     return b""
 
 
+@method("lock", "unlock", write=True)
+def lock_unlock(ctx: ClsContext, indata: bytes) -> bytes:
+    return _drop_holder(ctx, _j(indata))
+
+
 @method("lock", "renew", write=True)
 def lock_renew(ctx: ClsContext, indata: bytes) -> bytes:
     """Replace the description of a lock ``owner``/``cookie`` holds (its lease); ENOENT if
     it does not hold it any more (broken), so the holder learns it lost the lock."""
     a = _j(indata)
-    name = a.get("name", "lock")
-    holder = f"{a.get('owner', '')}/{a.get('cookie', '')}"
-    st = _locks(ctx, name)
-    if holder not in st["holders"]:
-        raise ClsError(errno.ENOENT, "not held by this owner and cookie")
+    name, holder, st = _held(ctx, a)
     st["holders"][holder]["desc"] = a.get("description", "")
     ctx.setxattr(f"lock.{name}", _out(st))
     return b""
@@ -139,18 +145,9 @@ def lock_break(ctx: ClsContext, indata: bytes) -> bytes:
     """Remove a lock; with ``owner`` and ``cookie``, only that holder's (ENOENT if it does
     not hold it), so a breaker that looked at the lock breaks what it saw, nothing newer."""
     a = _j(indata)
-    name = a.get("name", "lock")
     if "owner" in a or "cookie" in a:
-        holder = f"{a.get('owner', '')}/{a.get('cookie', '')}"
-        st = _locks(ctx, name)
-        if holder not in st["holders"]:
-            raise ClsError(errno.ENOENT, "not held by this owner and cookie")
-        del st["holders"][holder]
-        if st["holders"]:
-            ctx.setxattr(f"lock.{name}", _out(st))
-        else:
-            ctx.rmxattr(f"lock.{name}")
-        return b""
+        return _drop_holder(ctx, a)
+    name = a.get("name", "lock")
     if ctx.getxattr(f"lock.{name}") is None:
         raise ClsError(errno.ENOENT, "no such lock")
     ctx.rmxattr(f"lock.{name}")
