@@ -97,10 +97,17 @@ def after_fork():  # noqa: ANN201
     _state["rados"], _state["image"] = _open_image()
 
 
+CLEANUP_FLUSH_TIMEOUT = 30.0  # nbdkit exits even when the OSDs are gone for good
+
+
 def cleanup():  # noqa: ANN201
     if _state["rados"] is not None:
         try:
-            _state["image"].flush()
+            _state["image"].flush(timeout=CLEANUP_FLUSH_TIMEOUT)
+        except (OSDError, ImageError) as e:
+            nbdkit.debug(f"rbdpy: final flush failed: {e}")
+            print(f"rbdpy: final flush failed, unflushed writes are lost: {e}",
+                  file=sys.stderr)
         finally:
             _state["rados"].close()
 

@@ -221,8 +221,20 @@ class SyncImage:
     def write_zeroes(self, offset: int, length: int, fua: bool = False) -> None:
         self.rados.run(lambda: self.image.write_zeroes(offset, length, fua=fua))
 
-    def flush(self) -> None:
-        self.rados.run(self.image.flush)
+    def flush(self, timeout: float | None = None) -> None:
+        """Make every write that returned durable; with ``timeout``, give up after that
+        many seconds with ETIMEDOUT (the writes stay pending: a later flush may succeed)."""
+        if timeout is None:
+            self.rados.run(self.image.flush)
+            return
+
+        async def bounded() -> None:
+            with trio.move_on_after(timeout) as scope:
+                await self.image.flush()
+            if scope.cancelled_caught:
+                raise OSDError(errno.ETIMEDOUT, f"flush: no commit from the OSDs in "
+                               f"{timeout:g} s")
+        self.rados.run(bounded)
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
         if not self.image.trust_map:  # not the writer: another client may have allocated

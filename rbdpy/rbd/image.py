@@ -556,11 +556,14 @@ class Image:
 
     async def flush(self) -> None:
         """Every write that returned before this call is durable; raises the error of a
-        write-back write that failed since the last flush (reported once)."""
+        write-back write that failed since the last flush (reported once). A flush that
+        is cancelled (a bounded one timed out) reports nothing: the next flush does."""
         try:
             await self.objecter.flush()
-        finally:
-            err, self._wb_error = self._wb_error, None
+        except Exception:
+            self._wb_error = None  # the error raised here reports it
+            raise
+        err, self._wb_error = self._wb_error, None
         if err is not None:
             raise err
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import random
+import signal
 import threading
 from pathlib import Path
 
+import pytest
+
+from rbdpy.client.objecter import OSDError
 from rbdpy.client.rados import Rados
 from rbdpy.config import ClusterConfig
 from rbdpy.testing import single_osd_map
@@ -76,3 +81,36 @@ def test_close_returns_when_the_osd_is_gone(osd_process) -> None:  # noqa: ANN00
     t.start()
     t.join(60)
     assert not t.is_alive()
+
+
+def test_a_bounded_flush_gives_up_while_the_osd_is_stopped_and_succeeds_after(
+        osd_process) -> None:  # noqa: ANN001
+    """nbdkit's exit flush is bounded (a cluster gone for good must not hang it): with the
+    OSD stopped the flush fails with ETIMEDOUT, keeping the writes, which a later flush
+    makes durable."""
+    osd = osd_process()
+    osd.start()
+    r = _rados(osd.port)
+    try:
+        r.create_image("img", 1 << 20, order=20)
+        img = r.open_image("img")
+        img.write(0, b"y" * 5000, fua=True)
+        osd.proc.send_signal(signal.SIGSTOP)
+        try:
+            img.write(100, b"late")  # write-back: returns, its commit cannot come
+            with pytest.raises(OSDError) as e:
+                img.flush(timeout=1.0)
+            assert e.value.errno == errno.ETIMEDOUT
+        finally:
+            osd.proc.send_signal(signal.SIGCONT)
+        img.flush(timeout=60)
+    finally:
+        r.close()
+    osd.kill9()
+    osd.start()
+    r = _rados(osd.port)
+    try:
+        want = b"y" * 100 + b"late" + b"y" * 4896
+        assert r.open_image("img", read_only=True).pread(0, 5000) == want
+    finally:
+        r.close()

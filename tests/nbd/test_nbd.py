@@ -208,8 +208,11 @@ def test_one_writing_server_per_image_and_readers_see_its_new_objects(
     """A second writable server is refused (the exclusive lock); a read-only one serves
     what the writer wrote after the reader started, holes included (before the lock, its
     object map, loaded at start, called those objects holes: it read zeros)."""
+    w2pid = tmp_path / "w2.pid"
     r = rbdpy(served.dir, "serve", served.name, "--socket", str(tmp_path / "w2.sock"),
-              check=False)
+              "--pidfile", str(w2pid), check=False)
+    if w2pid.exists():  # it started after all: stop it before failing
+        stop_pid(int(w2pid.read_text()))
     assert r.returncode != 0
     assert f"image {served.name} is in use by client." in r.stderr
     rm = rbdpy(served.dir, "rm", served.name, check=False)

@@ -7,6 +7,7 @@ import errno
 from contextlib import asynccontextmanager
 
 import pytest
+import trio
 
 from rbdpy.client.objecter import MAX_UNCOMMITTED_PER_OBJECT, OSDError
 from rbdpy.rbd import image as rbdimage
@@ -120,3 +121,23 @@ async def test_failed_write_back_is_reported_by_the_next_flush_once(osd_process)
         await img.read(0, memoryview(got))
         assert got == b"k" * 4096 + bytes(4096) + b"m" * 4096
     assert osd.running
+
+
+async def test_a_cancelled_flush_leaves_the_failure_for_the_next_one(osd_process, monkeypatch
+                                                                      ) -> None:  # noqa: ANN001
+    """A bounded flush that times out (nbdkit's exit flush) must not swallow a write-back
+    failure it never got to report: the next flush raises it."""
+    monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "1.0")  # commits come late
+    osd = osd_process()
+    osd.file_size_limit = 6 << 20
+    osd.start()
+    async with image_on(osd, 64 << 20, order=25) as (obj, img):
+        await img.write(16 << 20, memoryview(b"x" * (256 << 10)))  # will fail: EFBIG
+        await img.read(0, memoryview(bytearray(4096)))  # its refusal has arrived
+        await img.write(0, memoryview(b"k" * 4096))  # fine, but its commit takes 1 s
+        with trio.move_on_after(0.2) as scope:
+            await img.flush()
+        assert scope.cancelled_caught
+        with pytest.raises(OSDError) as ei:
+            await img.flush()
+        assert ei.value.errno == errno.ENOSPC
