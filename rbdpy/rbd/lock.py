@@ -289,6 +289,9 @@ class ImageLock:
                                       "writes now fail (ESHUTDOWN)")
                             return
                         log.warning("renewing the image lock failed: %s", e)
+                    except Exception as e:  # noqa: BLE001 - this task runs in the messenger's
+                        # nursery: an escaping error would stop the whole client
+                        log.warning("renewing the image lock failed: %r", e)
             finally:
                 _HELD.pop(self.cookie, None)
 
