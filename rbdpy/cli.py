@@ -162,7 +162,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"image {args.name} is not locked")
         return 0 if args.action == "ls" else 1
     if args.action == "break":
-        print(f"broke the lock of {h.describe()}: it refuses writes from its next renewal")
+        print(f"broke the lock of {h.describe()}: fenced, the OSDs refuse its requests")
         return 0
     left = f", lease ends in {h.expires - time.time():.0f} s" if h.expires else ""
     print(f"locked by {h.describe()}{left} (cookie {h.cookie})")

@@ -24,20 +24,17 @@ def single_osd_map(port: int, host: str = "127.0.0.1") -> OSDMap:
 async def run_with_objecter(port: int, fn: Callable[[Objecter, Messenger], Awaitable[T]],
                             timeout: float = 60.0) -> T:
     """Run ``fn(objecter, messenger)`` against the OSD on ``port``, then shut down."""
-    obj = Objecter(single_osd_map(port))
-    async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
-        obj.attach(m)
-        with trio.fail_after(timeout):
-            result = await fn(obj, m)
-        m.shutdown()
-    return result
+    async with connected(port, timeout) as obj:
+        return await fn(obj, obj.msgr)  # type: ignore[arg-type]
 
 
 @asynccontextmanager
-async def connected(port: int, timeout: float = 60.0, *, client_id: int | None = None
-                    ) -> AsyncIterator[Objecter]:
-    """An objecter (one client) driving the OSD on ``port``; shut down on exit."""
-    obj = Objecter(single_osd_map(port), client_id=client_id)
+async def connected(cluster: int | OSDMap, timeout: float = 60.0, *,
+                    client_id: int | None = None) -> AsyncIterator[Objecter]:
+    """An objecter (one client) driving the OSD on port ``cluster`` (or the OSDs of the
+    map ``cluster``); shut down on exit."""
+    osdmap = single_osd_map(cluster) if isinstance(cluster, int) else cluster
+    obj = Objecter(osdmap, client_id=client_id)
     async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
         obj.attach(m)
         with trio.fail_after(timeout):

@@ -38,7 +38,9 @@ def free_port() -> int:
 
 
 def test_image_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RBDPY_LOCK_LEASE", "1.5")  # this process renews every 0.5 s
+    # this process renews every 1 s: a stall of 2 s still leaves its lease valid when the
+    # CLI processes below look at it
+    monkeypatch.setenv("RBDPY_LOCK_LEASE", "3")
     data = tmp_path / "c"
     rb(data, "cluster", "up", "--osds", "2")
     try:

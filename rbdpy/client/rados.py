@@ -98,10 +98,9 @@ class Rados:
         """Release the images' locks (not a flush: unflushed write-back writes may be lost,
         as when a disk loses power), then stop the cluster thread."""
         if self._stop is not None and self._thread.is_alive():
-            images, self._images = self._images, []
-            for img in images:
+            for img in list(self._images):
                 try:
-                    self.run(img.close)
+                    self.close_image(img)
                 except Exception as e:  # noqa: BLE001 - closing anyway; the lock expires
                     log.warning("closing image %s: %s", img.info.name, e)
             try:
@@ -148,6 +147,12 @@ class Rados:
 
     def remove_image(self, name: str, progress=None) -> None:  # noqa: ANN001
         self.run(lambda: rbdimage.remove_image(self.objecter, self.pool, name, progress))
+
+    def close_image(self, img: rbdimage.Image) -> None:
+        """Give an open image's exclusive lock back (once; ``close`` does it for all)."""
+        if img in self._images:
+            self._images.remove(img)
+            self.run(img.close)
 
     def lock_holder(self, name: str) -> rbdlock.Holder | None:
         """Who holds the image's exclusive lock (None: nobody)."""
@@ -243,9 +248,7 @@ class SyncImage:
 
     def close(self) -> None:
         """Give the image's exclusive lock back (flush first for durability)."""
-        if self.image in self.rados._images:
-            self.rados._images.remove(self.image)
-            self.rados.run(self.image.close)
+        self.rados.close_image(self.image)
 
     def resize(self, size: int) -> None:
         self.rados.run(self.image.resize, size)

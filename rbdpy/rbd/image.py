@@ -268,6 +268,10 @@ class Image:
     def size(self) -> int:
         return self.info.size
 
+    def _known_hole(self, objectno: int) -> bool:
+        """The object does not exist, and our map may be trusted on that (see ``lock``)."""
+        return self.trust_map and objectno < len(self.objmap) and not self.objmap[objectno]
+
     def _check(self, offset: int, length: int, write: bool = False) -> None:
         if write and self.read_only:
             raise ImageError(errno.EROFS, "image opened read-only")
@@ -294,7 +298,7 @@ class Image:
 
     async def _read_extent(self, ex, buf: memoryview) -> None:  # noqa: ANN001
         dests = [buf[o : o + n] for o, n in ex.buffer_extents]
-        if self.trust_map and ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
+        if self._known_hole(ex.objectno):
             _zero(dests)
             return
         try:
@@ -321,7 +325,7 @@ class Image:
             return False
         ex = exts[0]
         dests = [buf[o : o + n] for o, n in ex.buffer_extents]
-        if self.trust_map and ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
+        if self._known_hole(ex.objectno):
             _zero(dests)
             done(None)
             return True
@@ -530,7 +534,7 @@ class Image:
     write_zeroes = discard  # both leave exact zeros on every byte of the range
 
     async def _discard_extent(self, ex, fua: bool) -> None:  # noqa: ANN001
-        if ex.objectno < len(self.objmap) and not self.objmap[ex.objectno]:
+        if self._known_hole(ex.objectno):
             return
         oid = data_oid(self.id, ex.objectno)
         whole = ex.offset == 0 and ex.length == self._object_len(ex.objectno)

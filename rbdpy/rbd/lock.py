@@ -57,6 +57,11 @@ MAX_WAIT = 120.0  # longest wait for the lease of a holder whose liveness we can
 _HELD: dict[str, ImageLock] = {}  # cookie -> lock kept by a live keeper in this process
 
 
+def lock_call(method: str, **args: object) -> O.Call:
+    """A ``cls lock`` method call on the image lock (``args``: owner, cookie, ...)."""
+    return O.Call("lock", method, json.dumps({"name": LOCK_NAME, **args}).encode())
+
+
 class LockBusy(Exception):
     """The image is locked by a live holder."""
 
@@ -187,9 +192,8 @@ class ImageLock:
         self._scope: trio.CancelScope | None = None
         self._here = here()
 
-    def _args(self, **more: object) -> bytes:
-        return json.dumps({"name": LOCK_NAME, "owner": self.owner, "cookie": self.cookie,
-                           **more}).encode()
+    def _mine(self, method: str, **more: object) -> O.Call:
+        return lock_call(method, owner=self.owner, cookie=self.cookie, **more)
 
     def _desc(self) -> str:
         me = self._here
@@ -198,25 +202,14 @@ class ImageLock:
                            "expires": time.time() + self.lease})
 
     def _lock_op(self) -> O.Call:
-        return O.Call("lock", "lock", self._args(type="exclusive", tag=LOCK_TAG,
-                                                 description=self._desc()))
+        return self._mine("lock", type="exclusive", tag=LOCK_TAG, description=self._desc())
 
     async def _call(self, ops: list, write: bool = True) -> object:
         return await self.objecter.submit(self.pool, self.oid, ops, write=write)
 
     async def holder(self) -> Holder | None:
         """The current holder, or None if the lock is free."""
-        try:
-            r = await self._call([O.Call("lock", "get_info", json.dumps(
-                {"name": LOCK_NAME}).encode())], write=False)
-        except OSDError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise
-        holders = json.loads(r.results[0].out or b"{}").get("holders", {})
-        for key, entry in holders.items():
-            return Holder.from_info(key, entry)
-        return None
+        return await holder_of(self.objecter, self.pool, self.oid)
 
     async def acquire(self) -> None:
         """Take the lock, breaking a dead holder's; LockBusy if a live one has it."""
@@ -239,10 +232,7 @@ class ImageLock:
                 raise LockBusy(h)
             await fence(self.objecter, self.pool, h)
             try:  # break exactly that holder's lock and take it, atomically
-                await self._call([
-                    O.Call("lock", "break_lock", json.dumps(
-                        {"name": LOCK_NAME, "owner": h.owner, "cookie": h.cookie}).encode()),
-                    self._lock_op()])
+                await self._call([_break_op(h), self._lock_op()])
             except OSDError as e:
                 if e.errno in (errno.ENOENT, errno.EBUSY):
                     continue  # somebody else broke or took it first: look again
@@ -279,8 +269,7 @@ class ImageLock:
                 while self.held:
                     await trio.sleep(self.lease / 3)
                     try:
-                        await self._call([O.Call("lock", "renew", self._args(
-                            description=self._desc()))])
+                        await self._call([self._mine("renew", description=self._desc())])
                     except OSDError as e:
                         if e.errno in (errno.ENOENT, errno.ESHUTDOWN):  # broken, fenced
                             self.lost = True
@@ -309,7 +298,7 @@ class ImageLock:
         self.drop()
         with trio.move_on_after(RELEASE_TIMEOUT) as scope:  # never hang a shutdown on it
             try:
-                await self._call([O.Call("lock", "unlock", self._args())])
+                await self._call([self._mine("unlock")])
             except OSDError as e:
                 log.warning("releasing the image lock failed: %s", e)
         if scope.cancelled_caught:
@@ -317,8 +306,22 @@ class ImageLock:
 
 
 async def holder_of(objecter: Objecter, pool: int, header_oid: str) -> Holder | None:
-    """Who holds an image's lock (None: nobody), for ``rbdpy lock ls``."""
-    return await ImageLock(objecter, pool, header_oid).holder()
+    """Who holds an image's lock (None: nobody)."""
+    try:
+        r = await objecter.submit(pool, header_oid, [lock_call("get_info")], write=False)
+    except OSDError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    holders = json.loads(r.results[0].out or b"{}").get("holders", {})
+    for key, entry in holders.items():
+        return Holder.from_info(key, entry)
+    return None
+
+
+def _break_op(h: Holder) -> O.Call:
+    """Break exactly ``h``'s lock (ENOENT if it no longer holds it)."""
+    return lock_call("break_lock", owner=h.owner, cookie=h.cookie)
 
 
 async def fence(objecter: Objecter, pool: int, h: Holder) -> None:
@@ -345,8 +348,7 @@ async def break_holder(objecter: Objecter, pool: int, header_oid: str, h: Holder
     longer holds it. Its requests fail from now on; it refuses writes itself from its next
     renewal."""
     await fence(objecter, pool, h)
-    await objecter.submit(pool, header_oid, [O.Call("lock", "break_lock", json.dumps(
-        {"name": LOCK_NAME, "owner": h.owner, "cookie": h.cookie}).encode())], write=True)
+    await objecter.submit(pool, header_oid, [_break_op(h)], write=True)
 
 
 def judge(h: Holder) -> str:

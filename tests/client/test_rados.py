@@ -20,16 +20,32 @@ def _rados(port: int) -> Rados:
     return Rados(ClusterConfig(Path("unused.toml"), single_osd_map(port), {}), pool="rbd")
 
 
+def _with_image(osd_process, size: int) -> tuple:  # noqa: ANN001
+    """A started OSD and a client on it with a new image "img" (order 20) opened."""
+    osd = osd_process()
+    osd.start()
+    r = _rados(osd.port)
+    r.create_image("img", size, order=20)
+    return osd, r, r.open_image("img")
+
+
+def _after_kill9(osd, length: int) -> bytes:  # noqa: ANN001
+    """kill -9 the OSD, start it again and read the image's first ``length`` bytes."""
+    osd.kill9()
+    osd.start()
+    r = _rados(osd.port)
+    try:
+        return r.open_image("img", read_only=True).pread(0, length)
+    finally:
+        r.close()
+
+
 def test_posted_small_writes_are_read_back_and_survive_kill9(osd_process) -> None:  # noqa: ANN001
     """Small write-back writes are *posted* (the writer returns before the cluster thread
     sees them): reads made afterwards, from any thread, still see them, and after flush
     they survive kill -9 of the OSD."""
-    osd = osd_process()
-    osd.start()
-    r = _rados(osd.port)
+    osd, r, img = _with_image(osd_process, 8 << 20)
     try:
-        r.create_image("img", 8 << 20, order=20)
-        img = r.open_image("img")
         img.write(0, b"\0" * 4096)  # sets the map bit of object 0 (not posted)
         want = bytearray(8 << 20)
         want[0:4096] = bytes(4096)
@@ -59,23 +75,14 @@ def test_posted_small_writes_are_read_back_and_survive_kill9(osd_process) -> Non
         img.flush()
     finally:
         r.close()
-    osd.kill9()
-    osd.start()
-    r = _rados(osd.port)
-    try:
-        assert r.open_image("img").pread(0, 8 << 20) == want
-    finally:
-        r.close()
+    assert _after_kill9(osd, 8 << 20) == want
 
 
 def test_close_returns_when_the_osd_is_gone(osd_process) -> None:  # noqa: ANN001
     """Closing releases the image's lock, best effort: with the OSD killed it must still
     return (the next writer breaks the lock), not wait for an answer forever."""
-    osd = osd_process()
-    osd.start()
-    r = _rados(osd.port)
-    r.create_image("img", 1 << 20, order=20)
-    r.open_image("img").write(0, b"x", fua=True)
+    osd, r, img = _with_image(osd_process, 1 << 20)
+    img.write(0, b"x", fua=True)
     osd.kill9()
     t = threading.Thread(target=r.close)
     t.start()
@@ -88,12 +95,8 @@ def test_a_bounded_flush_gives_up_while_the_osd_is_stopped_and_succeeds_after(
     """nbdkit's exit flush is bounded (a cluster gone for good must not hang it): with the
     OSD stopped the flush fails with ETIMEDOUT, keeping the writes, which a later flush
     makes durable."""
-    osd = osd_process()
-    osd.start()
-    r = _rados(osd.port)
+    osd, r, img = _with_image(osd_process, 1 << 20)
     try:
-        r.create_image("img", 1 << 20, order=20)
-        img = r.open_image("img")
         img.write(0, b"y" * 5000, fua=True)
         osd.proc.send_signal(signal.SIGSTOP)
         try:
@@ -106,11 +109,4 @@ def test_a_bounded_flush_gives_up_while_the_osd_is_stopped_and_succeeds_after(
         img.flush(timeout=60)
     finally:
         r.close()
-    osd.kill9()
-    osd.start()
-    r = _rados(osd.port)
-    try:
-        want = b"y" * 100 + b"late" + b"y" * 4896
-        assert r.open_image("img", read_only=True).pread(0, 5000) == want
-    finally:
-        r.close()
+    assert _after_kill9(osd, 5000) == b"y" * 100 + b"late" + b"y" * 4896

@@ -5,15 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import time
-from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
 import trio
 
-from rbdpy.client.objecter import Objecter
-from rbdpy.msgr.messenger import Messenger
-from rbdpy.osd import ops as O
 from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.rbd import image as rbdimage
 from rbdpy.rbd import lock as rlock
@@ -121,10 +117,6 @@ async def test_an_abandoned_opener_in_this_process_does_not_lock_the_image_forev
         assert img2.lock.held and await _read(img2, 0, 10) == b"a" * 10
 
 
-def _lock_call(method: str, **a: object) -> O.Call:
-    return O.Call("lock", method, json.dumps({"name": rlock.LOCK_NAME, **a}).encode())
-
-
 async def test_a_holder_on_another_host_is_waited_out_unless_it_renews(
         osd_process) -> None:  # noqa: ANN001
     """Liveness on another host cannot be checked: the opener waits for the holder's lease
@@ -140,15 +132,15 @@ async def test_a_holder_on_another_host_is_waited_out_unless_it_renews(
         def desc(lease: float) -> str:
             return json.dumps({"host": "elsewhere", "pid": 1, "expires": time.time() + lease})
 
-        await remote.submit(POOL, header, [_lock_call(
-            "lock", **who, type="exclusive", description=desc(1.0))], write=True)
+        await remote.submit(POOL, header, [rlock.lock_call(
+            "lock", **who, type="exclusive", description=desc(2.0))], write=True)
         renewing = True
 
         async def renew() -> None:
             while renewing:
-                await trio.sleep(0.3)
-                await remote.submit(POOL, header, [_lock_call(
-                    "renew", **who, description=desc(1.0))], write=True)
+                await trio.sleep(0.2)
+                await remote.submit(POOL, header, [rlock.lock_call(
+                    "renew", **who, description=desc(2.0))], write=True)
 
         async with trio.open_nursery() as n:
             n.start_soon(renew)
@@ -157,14 +149,14 @@ async def test_a_holder_on_another_host_is_waited_out_unless_it_renews(
             assert e.value.errno == errno.EBUSY
             assert f"client.{remote.me.num} on elsewhere pid 1" in str(e.value)
             renewing = False
-        img = await rbdimage.Image.open(obj, POOL, "img")  # waits ~1 s, then takes it
+        img = await rbdimage.Image.open(obj, POOL, "img")  # waits ~2 s, then takes it
         assert img.lock.held
-        r = await obj.submit(POOL, header, [_lock_call("get_info")], write=False)
+        r = await obj.submit(POOL, header, [rlock.lock_call("get_info")], write=False)
         assert list(json.loads(r.results[0].out)["holders"]) == [
             f"{img.lock.owner}/{img.lock.cookie}"]
         # and the one it took over from was fenced first
         with pytest.raises(rbdimage.OSDError) as e:
-            await remote.submit(POOL, header, [_lock_call("get_info")], write=False)
+            await remote.submit(POOL, header, [rlock.lock_call("get_info")], write=False)
         assert e.value.errno == errno.ESHUTDOWN
 
 
@@ -176,7 +168,7 @@ async def test_a_holder_whose_lock_was_broken_refuses_writes(osd_process, monkey
     async with new_image(osd.port, 4 << 20, order=20) as (obj, img):
         await img.write(0, memoryview(b"before"), fua=True)
         lk = img.lock
-        await obj.submit(img.pool, rbdimage.header_oid(img.id), [_lock_call(
+        await obj.submit(img.pool, rbdimage.header_oid(img.id), [rlock.lock_call(
             "break_lock", owner=lk.owner, cookie=lk.cookie)], write=True)  # `lock break`
         with trio.fail_after(5):
             while not lk.lost:
@@ -224,19 +216,10 @@ async def test_a_lock_is_not_taken_while_an_osd_cannot_fence_its_holder(
     osdmap = OSDMap(osds={i: OSDInfo(i, "127.0.0.1", o.port) for i, o in enumerate(osds)},
                     pools={POOL: PoolInfo(POOL, "rbd")})
 
-    @asynccontextmanager
-    async def client():  # noqa: ANN202
-        obj = Objecter(osdmap)
-        async with Messenger(obj.me, obj, backoff=(0.01, 0.2)) as m:
-            obj.attach(m)
-            with trio.fail_after(60):
-                yield obj
-            m.shutdown()
-
     def primary(oid: str) -> int:
         return osdmap.object_target(POOL, oid)[1][0]
 
-    async with client() as obj:
+    async with connected(osdmap) as obj:
         # an image whose directory entry, header and object map share one OSD: the other
         # can go down and opening still reaches everything but the fence
         for i in range(100):
@@ -251,7 +234,7 @@ async def test_a_lock_is_not_taken_while_an_osd_cannot_fence_its_holder(
         header = rbdimage.header_oid(img.id)
     other = osds[1 - home.pop()]
     other.kill9()
-    async with client() as obj:
+    async with connected(osdmap) as obj:
         with pytest.raises(rbdimage.ImageError) as e:
             await rbdimage.Image.open(obj, POOL, name)
         assert e.value.errno == errno.EBUSY and "not every OSD answered" in str(e.value)
