@@ -21,10 +21,12 @@ out must equal the source byte for byte, or the run fails. Each target does
 a small shared machine one run can be off by 2x. Target: rbdpy's convert-in takes at most 2x
 memory's.
 
-Prints a Markdown table of IOPS with ratios, whether each of issue 5's targets is met (4k
-randwrite/randread qd32 >= 0.35 of pyplug, 1M write/read qd8 >= 0.5 of memory, convert-in <= 2x
-memory), a table of convert times, and the last line is one
-JSON object; ``--out DIR`` (default bench/results/) also gets that object as fio_suite.json
+Prints a Markdown table of IOPS with ratios; a table of what one request costs each process
+(CPU microseconds and context switches of nbdkit, all threads, and of the OSDs, read from
+/proc over each fio run); whether each of issue 5's targets is met (4k randwrite/randread
+qd32 >= 0.35 of pyplug, 1M write/read qd8 >= 0.5 of memory, convert-in <= 2x memory); a table
+of convert times; and the last line is one JSON object. ``--out DIR`` (default bench/results/)
+also gets that object as fio_suite.json
 and a bar chart as fio_suite.png (needs matplotlib: ``pip install -e '.[bench]'``).
 
     python bench/fio_suite.py [--runtime 10] [--region 1G] [--targets memory,pyplug,file,rbdpy]
@@ -126,14 +128,56 @@ def start_nbdkit(args: list[str], sock: Path, env: dict | None = None) -> subpro
 
 
 @contextlib.contextmanager
-def nbdkit(args: list[str], sock: Path) -> Iterator[str]:
-    """An nbdkit serving ``args`` on ``sock`` for the block; stopped by its PID after."""
+def nbdkit(args: list[str], sock: Path, pids: dict[str, list[int]]) -> Iterator[str]:
+    """An nbdkit serving ``args`` on ``sock`` for the block; stopped by its PID after. Its
+    PID is ``pids["nbdkit"]`` meanwhile, for the cost sampling."""
     p = start_nbdkit(args, sock)
+    pids["nbdkit"] = [p.pid]
     try:
         yield f"nbd+unix:///?socket={sock}"
     finally:
+        pids.pop("nbdkit", None)
         p.send_signal(signal.SIGTERM)
         p.wait()
+
+
+# -- what a request costs each process ------------------------------------------------------
+
+def proc_sample(pid: int) -> tuple[float, int]:
+    """(CPU seconds, context switches) of a process so far, all its threads included."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        switches = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt")):
+                        switches += int(line.split()[1])
+        return cpu, switches
+    except OSError:
+        return 0.0, 0  # gone: it counts as nothing
+
+
+def sample_all(pids: dict[str, list[int]]) -> dict[str, tuple[float, int]]:
+    out = {}
+    for role, group in pids.items():
+        got = [proc_sample(p) for p in group]
+        out[role] = (sum(c for c, _ in got), sum(n for _, n in got))
+    return out
+
+
+def cost_per_op(before: dict, after: dict, ops: int) -> dict:
+    """CPU microseconds and context switches per request, per role (nbdkit, osd): where a
+    request's time goes, which ratios alone do not show. ``ops``: requests done meanwhile."""
+    out = {}
+    for role, (cpu, switches) in after.items():
+        c0, s0 = before.get(role, (cpu, switches))
+        out[role] = {"cpu_us": round((cpu - c0) * 1e6 / max(ops, 1), 1),
+                     "switches": round((switches - s0) / max(ops, 1), 2)}
+    return out
 
 
 class Target:
@@ -144,6 +188,7 @@ class Target:
         self.tmp = tmp
         self.sock = tmp / "nbd.sock"
         self.cluster = tmp / "cluster"
+        self.pids: dict[str, list[int]] = {}  # role -> PIDs whose cost per request is sampled
         self.rb = [sys.executable, "-m", "rbdpy.cli", "--cluster", str(self.cluster)]
 
     @contextlib.contextmanager
@@ -152,6 +197,7 @@ class Target:
             yield self
             return
         subprocess.run([*self.rb, "cluster", "up"], check=True, capture_output=True)
+        self.pids["osd"] = [int(p.read_text()) for p in sorted(self.cluster.glob("osd.*.pid"))]
         try:
             yield self
         finally:
@@ -169,35 +215,55 @@ class Target:
     def export(self, image: str, size: str) -> contextlib.AbstractContextManager[str]:
         """A new, empty export of ``size`` bytes; the context gives its NBD URI."""
         if self.name == "memory":
-            return nbdkit(["memory", f"size={size}"], self.sock)
+            return nbdkit(["memory", f"size={size}"], self.sock, self.pids)
         if self.name == "pyplug":
             plug = self.tmp / "pyplug.py"
             plug.write_text(PYPLUG)
-            return nbdkit(["python", str(plug), f"size={size}"], self.sock)
+            return nbdkit(["python", str(plug), f"size={size}"], self.sock, self.pids)
         if self.name == "file":
             path = self.tmp / "file-export.raw"
             path.unlink(missing_ok=True)
             with open(path, "wb") as f:
                 f.truncate(parse_size(size))
-            return nbdkit(["file", f"file={path}"], self.sock)
+            return nbdkit(["file", f"file={path}"], self.sock, self.pids)
         subprocess.run([*self.rb, "create", image, "--size", size], check=True)
         return nbdkit(["python", str(ROOT / "nbdplugin" / "rbdpy_nbd.py"),
-                       f"cluster={self.cluster}", f"image={image}"], self.sock)
+                       f"cluster={self.cluster}", f"image={image}"], self.sock, self.pids)
 
 
 # -- fio ----------------------------------------------------------------------------------
 
-def fio(uri: str, rw: str, bs: str, qd: int, region: str, runtime: int, flush: bool) -> dict:
+def fio(uri: str, rw: str, bs: str, qd: int, region: str, runtime: int, flush: bool,
+        pids: dict[str, list[int]] | None = None) -> dict:
+    """One fio job; with ``pids``, also what one request costs those processes (``cost``),
+    sampled inside the run (from 1 s after its start to 1 s before its end): nbdkit's worker
+    threads end with the connection, and their context switches with them."""
     cmd = ["fio", "--name=j", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
            f"--iodepth={qd}", f"--size={region}", "--time_based", f"--runtime={runtime}",
            "--output-format=json", "--randrepeat=0"]
     if flush and "write" in rw:
         cmd += ["--fsync=256", "--end_fsync=1"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    window = None
+    if pids and runtime >= 3:
+        time.sleep(1)
+        t0, before = time.monotonic(), sample_all(pids)
+        time.sleep(runtime - 2)
+        window = (time.monotonic() - t0, before, sample_all(pids))
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
     job = json.loads(out[out.index("{"):])["jobs"][0]
     side = job["write"] if "write" in rw else job["read"]
-    return {"iops": side["iops"], "MBps": side["bw_bytes"] / 1e6,
-            "lat_us_p50": side["clat_ns"]["percentile"].get("50.000000", 0) / 1e3}
+    res = {"iops": side["iops"], "MBps": side["bw_bytes"] / 1e6,
+           "lat_us_p50": side["clat_ns"]["percentile"].get("50.000000", 0) / 1e3}
+    flushes = job.get("sync", {}).get("lat_ns", {})
+    if flushes.get("mean"):  # fio's flush every 256 writes: how long one took (a write
+        res["flush_ms_mean"] = round(flushes["mean"] / 1e6, 2)  # waits for them all)
+    if window is not None:
+        secs, before, after = window
+        res["cost"] = cost_per_op(before, after, round(side["iops"] * secs))
+    return res
 
 
 def prefill(uri: str, region: str) -> None:
@@ -206,13 +272,17 @@ def prefill(uri: str, region: str) -> None:
                     "--output-format=terse"], capture_output=True, check=True)
 
 
-def run_target(name: str, uri: str, region: str, runtime: int, jobs: list[tuple]) -> dict:
+def run_target(name: str, uri: str, region: str, runtime: int, jobs: list[tuple],
+               pids: dict[str, list[int]]) -> dict:
     prefill(uri, region)
     res = {}
     for label, rw, bs, qd in jobs:
-        res[label] = fio(uri, rw, bs, qd, region, runtime, flush=True)
-        print(f"  {name:<7} {label:<18} {res[label]['iops']:10.0f} IOPS "
-              f"{res[label]['MBps']:9.1f} MB/s", flush=True)
+        r = res[label] = fio(uri, rw, bs, qd, region, runtime, flush=True, pids=pids)
+        cost = "  ".join(f"{role} {c['cpu_us']:7.1f} us {c['switches']:5.2f} cs"
+                         for role, c in r.get("cost", {}).items())
+        flush = f"  flush {r['flush_ms_mean']:.1f} ms" if "flush_ms_mean" in r else ""
+        print(f"  {name:<7} {label:<18} {r['iops']:10.0f} IOPS {r['MBps']:9.1f} MB/s   "
+              f"per request: {cost}{flush}", flush=True)
     return res
 
 
@@ -377,6 +447,21 @@ def print_tables(summary: dict) -> None:
             r = ratios[label]
             print(f"| {label} | " + " | ".join(row) + " | "
                   + " | ".join(str(r.get(c, "-")) for c in CEILINGS) + " |")
+        roles = {k: list(next((results[k][j]["cost"] for j in summary["jobs"]
+                                if "cost" in results[k][j]), {})) for k in results}
+        if any(roles.values()):
+            print("\nCost per request: CPU microseconds and context switches of the server "
+                  "process (nbdkit, all threads) and of the OSDs, sampled inside each run")
+            print("| job | " + " | ".join(f"{k} {r}" for k in results for r in roles[k])
+                  + " |")
+            print("|---|" + "---|" * sum(len(r) for r in roles.values()))
+            for label in summary["jobs"]:
+                cells = []
+                for k in results:
+                    cost = results[k][label].get("cost", {})
+                    cells += [f"{cost[r]['cpu_us']:.0f} us, {cost[r]['switches']:.1f} cs"
+                              if r in cost else "-" for r in roles[k]]
+                print(f"| {label} | " + " | ".join(cells) + " |")
     if summary["job_targets"]:
         print()
     for label, t in summary["job_targets"].items():
@@ -450,7 +535,8 @@ def main() -> int:
             with Target(name, t).up() as target:
                 if jobs:
                     with target.export("bench", FIO_EXPORT) as uri:
-                        results[name] = run_target(name, uri, args.region, args.runtime, jobs)
+                        results[name] = run_target(name, uri, args.region, args.runtime, jobs,
+                                                   target.pids)
                 if not args.no_convert:
                     convert[name] = run_convert(target, src, dst, args.convert_repeat)
 

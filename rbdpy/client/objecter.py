@@ -258,13 +258,15 @@ class Objecter:
     async def flush(self) -> None:
         """Wait until every write submitted before this call is durable (committed)."""
         upto = self.last_tid
-        while True:
-            pending = [r for t, r in self.uncommitted.items() if t <= upto]
-            if not pending:
+        # tids grow and requests enter ``uncommitted`` as they are made, so the first entry
+        # is the oldest: waiting on it in turn is O(1) per step, not a scan of every write
+        while self.uncommitted:
+            tid, oldest = next(iter(self.uncommitted.items()))
+            if tid > upto:
                 return
-            await pending[0].committed.wait()
-            if pending[0].error:
-                raise OSDError(pending[0].error, f"commit of {pending[0].oid}")
+            await oldest.committed.wait()
+            if oldest.error:
+                raise OSDError(oldest.error, f"commit of {oldest.oid}")
 
     # -- map changes and resets -----------------------------------------------------------
 
