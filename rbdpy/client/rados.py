@@ -18,6 +18,7 @@ import errno
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -25,6 +26,7 @@ import trio
 from rbdpy import config
 from rbdpy.client.bridge import ThreadBridge
 from rbdpy.client.objecter import Objecter, OSDError
+from rbdpy.gather import gather
 from rbdpy.msgr.messenger import Messenger
 from rbdpy.rbd import image as rbdimage
 from rbdpy.rbd import lock as rbdlock
@@ -203,6 +205,15 @@ class SyncImage:
     def read(self, offset: int, buf: bytearray | memoryview) -> None:
         img = self.image
         self.rados.run_started(img.start_read, img.read, offset, _mv(buf))
+
+    def read_many(self, requests: list[tuple[int, bytearray | memoryview]]) -> None:
+        """Fill each ``(offset, buffer)`` concurrently (one round of the cluster thread, not
+        one per buffer); raises the first error once all have ended."""
+        if not requests:
+            return
+        img = self.image
+        self.rados.run(lambda: gather(partial(img.read, off, _mv(buf))
+                                      for off, buf in requests))
 
     def pread(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)

@@ -33,11 +33,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import trio
 
 from rbdpy.client.objecter import Objecter, OSDError, Request
+from rbdpy.gather import gather
 from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
 from rbdpy.osd import ops as O
 from rbdpy.osd.ops import slice_segments
@@ -292,9 +294,7 @@ class Image:
         if len(exts) == 1:
             await self._read_extent(exts[0], buf)
             return
-        async with trio.open_nursery() as n:
-            for ex in exts:
-                n.start_soon(self._read_extent, ex, buf)
+        await gather(partial(self._read_extent, ex, buf) for ex in exts)
 
     async def _read_extent(self, ex, buf: memoryview) -> None:  # noqa: ANN001
         dests = [buf[o : o + n] for o, n in ex.buffer_extents]
@@ -431,9 +431,7 @@ class Image:
         if len(exts) == 1:
             await self._write_extent(exts[0], buf, fua)
             return
-        async with trio.open_nursery() as n:
-            for ex in exts:
-                n.start_soon(self._write_extent, ex, buf, fua)
+        await gather(partial(self._write_extent, ex, buf, fua) for ex in exts)
 
     async def _write_behind(self, offset: int, buf: memoryview) -> None:
         """Write-back ``write``: wait for room, copy, set missing map bits (acked: ``extents``
@@ -447,9 +445,7 @@ class Image:
         if len(fresh) == 1:
             await self._mark_exists(fresh[0])
         elif fresh:
-            async with trio.open_nursery() as n:
-                for objno in fresh:
-                    n.start_soon(self._mark_exists, objno)
+            await gather(partial(self._mark_exists, objno) for objno in fresh)
         for ex in exts:
             oid = data_oid(self.id, ex.objectno)
             self.objecter.start(self.pool, oid, [_write_op(ex, buf)], write=True,
@@ -527,9 +523,7 @@ class Image:
         """Deallocate: whole objects are deleted, partial ranges zeroed (reads give zeros)."""
         self._check(offset, length, write=True)
         exts = map_extents(self.layout, offset, length)
-        async with trio.open_nursery() as n:
-            for ex in exts:
-                n.start_soon(self._discard_extent, ex, fua)
+        await gather(partial(self._discard_extent, ex, fua) for ex in exts)
 
     write_zeroes = discard  # both leave exact zeros on every byte of the range
 
@@ -639,9 +633,7 @@ class Image:
             if progress:
                 progress(done, len(present))
 
-        async with trio.open_nursery() as n:
-            for objno in present:
-                n.start_soon(one, objno)
+        await gather(partial(one, objno) for objno in present)
 
     async def du(self) -> int:
         """Bytes actually allocated on the OSDs (sparse objects count their data only)."""

@@ -40,6 +40,7 @@ from functools import partial
 import trio
 
 from rbdpy.client.objecter import Objecter, OSDError
+from rbdpy.gather import gather
 from rbdpy.osd import ops as O
 
 log = logging.getLogger("rbdpy.rbd")
@@ -332,11 +333,9 @@ async def fence(objecter: Objecter, pool: int, h: Holder) -> None:
         return
     until = int(time.time() + BLOCKLIST_FOR)
     with trio.move_on_after(FENCE_TIMEOUT) as scope:
-        async with trio.open_nursery() as n:
-            for osd_id in objecter.osdmap.osds:
-                n.start_soon(partial(objecter.submit, pool, BLOCKLIST_OID,
-                                     [O.Blocklist(int(num_s), until)], write=True,
-                                     wait_commit=True, osd=osd_id))
+        await gather(partial(objecter.submit, pool, BLOCKLIST_OID,
+                             [O.Blocklist(int(num_s), until)], write=True,
+                             wait_commit=True, osd=osd_id) for osd_id in objecter.osdmap.osds)
     if scope.cancelled_caught:
         raise OSDError(errno.ETIMEDOUT, f"fencing {h.owner}: not every OSD answered in "
                        f"{FENCE_TIMEOUT:g} s, its lock stays")

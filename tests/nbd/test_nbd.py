@@ -10,12 +10,13 @@ import hashlib
 import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from tests.nbd.conftest import RBDPY, Served, needs_nbdkit, qemu_io, rbdpy
+from tests.nbd.conftest import RBDPY, Served, needs_nbdkit, qemu_io, rbdpy, stop_osds
 from tests.procs import pid_alive, stop_pid, wait_for
 
 pytestmark = needs_nbdkit
@@ -232,3 +233,33 @@ def test_one_writing_server_per_image_and_readers_see_its_new_objects(
         assert data == [(5 << 20, 1 << 20)]  # the object the writer allocated
     finally:
         stop_pid(int(pidfile.read_text()))
+
+
+def test_a_full_disk_is_enospc_to_the_client_across_objects(tmp_path: Path) -> None:
+    """The OSD's files may not grow past 3 MiB (RLIMIT_FSIZE, inherited from ``cluster up``:
+    a real "file too large", which the OSD reports as ENOSPC). A FUA write spanning two 4 MiB
+    objects fails in object 0 only: the client must see ENOSPC, not EIO (the concurrent
+    object writes once failed as an ExceptionGroup, which the errno edge did not know), and
+    the server goes on serving."""
+    data = tmp_path / "data"
+    limit = 3 << 20
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    subprocess.run([*RBDPY, "--cluster", str(data), "cluster", "up"], check=True,
+                   capture_output=True, timeout=120, preexec_fn=small_files)
+    try:
+        served = Served(tmp_path, size="16M", object_size="4M", data=data)
+        try:
+            mib = 1 << 20
+            r = qemu_io(served.uri, f"write -f -P 0x5a {4 * mib - 128 * 1024} {256 * 1024}",
+                        check=False)
+            out = r.stdout + r.stderr
+            assert "No space left on device" in out, out
+            qemu_io(served.uri, "write -f -P 0x33 0 4096", "read -P 0x33 0 4096",
+                    f"read -P 0x5a {4 * mib} {128 * 1024}")  # object 1's part landed
+        finally:
+            served.stop()
+    finally:
+        stop_osds(data)

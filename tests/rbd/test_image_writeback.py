@@ -141,3 +141,24 @@ async def test_a_cancelled_flush_leaves_the_failure_for_the_next_one(osd_process
         with pytest.raises(OSDError) as ei:
             await img.flush()
         assert ei.value.errno == errno.ENOSPC
+
+
+async def test_a_write_across_objects_fails_with_the_osds_errno(osd_process) -> None:  # noqa: ANN001
+    """One of the two objects a FUA write spans is on a full disk (the OSD's files may not
+    pass 6 MiB): the caller gets that OSDError, ENOSPC, itself; not an ExceptionGroup of
+    the concurrent object writes, which the NBD edge could not turn into an errno."""
+    osd = osd_process()
+    osd.file_size_limit = 6 << 20
+    osd.start()
+    obj_size = 32 << 20
+    async with image_on(osd, 2 * obj_size, order=25) as (obj, img):
+        half = 128 << 10  # into holes, whole blocks: the data goes first, and fails first
+        for fua in (True, False):  # FUA, then write-back (the map bits are set then too)
+            with pytest.raises(OSDError) as ei:
+                await img.write(obj_size - half, memoryview(b"w" * 2 * half), fua=fua)
+                await img.flush()
+            assert ei.value.errno == errno.ENOSPC
+        got = bytearray(2 * half)
+        await img.read(obj_size - half, memoryview(got))
+        assert got == bytes(half) + b"w" * half  # object 1's half landed; object 0 kept none
+    assert osd.running
