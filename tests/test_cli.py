@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -165,3 +166,103 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     finally:
         out = stop(proc)
     assert "created image" not in out
+
+
+def _raw_source(path: Path, seed: int = 3) -> bytes:
+    """Random data and zero runs, unaligned (the last zero run is a whole 4 MiB object)."""
+    rng = random.Random(seed)
+    mib = 1 << 20
+    data = (rng.randbytes(mib + 321) + bytes(2 * mib) + rng.randbytes(5000)
+            + bytes(9 * mib) + rng.randbytes(77))
+    path.write_bytes(data)
+    return data
+
+
+def test_import_and_export_verbs(tmp_path: Path) -> None:
+    """``rbd import`` / ``rbd export`` as users run them: files (sparse both ways), pipes,
+    and the errors that must leave nothing behind."""
+    data = tmp_path / "c"
+    src = tmp_path / "vm.raw"
+    want = _raw_source(src)
+    rb(data, "cluster", "up")
+    try:
+        rb(data, "import", str(src))  # named after the file, like rbd import
+        assert rb(data, "ls").stdout.split() == ["vm.raw"]
+        rb(data, "import", str(src), "disk", "--object-size", "1M")
+        info = json.loads(rb(data, "info", "disk", "--format", "json").stdout)
+        assert (info["size"], info["order"]) == (len(want), 20)
+        used = int(rb(data, "du", "disk", "--bytes").stdout.split()[-1])
+        assert used < len(want) - 10 * (1 << 20)  # the zero runs are holes
+        out = tmp_path / "out.raw"
+        rb(data, "export", "disk", str(out))
+        assert out.read_bytes() == want
+        assert os.stat(out).st_blocks * 512 < len(want) - 10 * (1 << 20)  # sparse
+
+        # pipes: stdin in (size unknown), stdout out (every byte)
+        with open(src, "rb") as f:
+            r = subprocess.run([*RBDPY, "--cluster", str(data), "import", "-", "piped"],
+                               stdin=f, capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([*RBDPY, "--cluster", str(data), "export", "piped", "-"],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0 and r.stdout == want, r.stderr
+        assert json.loads(rb(data, "info", "piped", "--format", "json").stdout)["size"] == \
+            len(want)
+
+        # errors: one line each, nothing left behind, nothing overwritten
+        r = rb(data, "import", str(src), "disk", check=False)
+        assert r.returncode == 1 and r.stderr.strip() == "rbdpy: image disk exists"
+        r = rb(data, "export", "disk", str(out), check=False)
+        assert r.returncode == 1 and "exists" in r.stderr and out.read_bytes() == want
+        r = rb(data, "export", "nope", str(tmp_path / "nope.raw"), check=False)
+        assert r.returncode == 1 and "no image named nope" in r.stderr
+        assert not (tmp_path / "nope.raw").exists()
+        r = rb(data, "import", str(tmp_path / "missing.raw"), "m", check=False)
+        assert r.returncode == 1 and r.stderr.startswith("rbdpy: cannot open ")
+        r = rb(data, "import", "-", check=False)
+        assert r.returncode == 1 and "needs an image name" in r.stderr
+        assert sorted(rb(data, "ls").stdout.split()) == ["disk", "piped", "vm.raw"]
+    finally:
+        rb(data, "cluster", "down")
+
+
+def test_a_failed_or_interrupted_import_removes_the_partial_image(tmp_path: Path) -> None:
+    """The OSD's files may not grow past 2 MiB (RLIMIT_FSIZE from ``cluster up``, which the
+    OSD reports as ENOSPC): importing 8 MiB of data fails, and the half-written image is
+    removed. Then Ctrl-C (SIGINT) in the middle of an import from a pipe: removed too."""
+    import resource
+
+    data = tmp_path / "c"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+
+    subprocess.run([*RBDPY, "--cluster", str(data), "cluster", "up"], check=True,
+                   capture_output=True, timeout=120, preexec_fn=small_files)
+    try:
+        src = tmp_path / "big.raw"
+        src.write_bytes(random.Random(4).randbytes(8 << 20))
+        r = rb(data, "import", str(src), "big", check=False)
+        assert r.returncode == 1, r.stderr
+        assert "import of" in r.stderr and "failed" in r.stderr, r.stderr
+        assert "removed the partial image big" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert rb(data, "ls").stdout.split() == []
+
+        p = subprocess.Popen([*RBDPY, "--cluster", str(data), "import", "-", "cut"],
+                             stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdin is not None and p.stderr is not None
+        p.stdin.write(b"x" * 65536)  # some data, then the pipe stays open: the import waits
+        p.stdin.flush()
+        deadline = time.monotonic() + 60
+        while "locked by" not in rb(data, "lock", "ls", "cut", check=False).stdout:
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=60) == 130
+        p.stdin.close()
+        assert "import interrupted; removed the partial image cut" in err, err
+        assert rb(data, "ls").stdout.split() == []
+    finally:
+        rb(data, "cluster", "down")
