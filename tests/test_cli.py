@@ -193,6 +193,11 @@ def test_import_and_export_verbs(tmp_path: Path) -> None:
         assert (info["size"], info["order"]) == (len(want), 20)
         used = int(rb(data, "du", "disk", "--bytes").stdout.split()[-1])
         assert used < len(want) - 10 * (1 << 20)  # the zero runs are holes
+        # an import that returned is durable: kill -9 the OSD and start it again
+        killed = int((data / "osd.0.pid").read_text())
+        os.kill(killed, signal.SIGKILL)
+        rb(data, "cluster", "up")
+        assert int((data / "osd.0.pid").read_text()) != killed
         out = tmp_path / "out.raw"
         rb(data, "export", "disk", str(out))
         assert out.read_bytes() == want
