@@ -1026,8 +1026,9 @@ class ObjectStore:
 
     def _preallocate(self, oid: str, obj: _Obj | None, ranges: list[tuple[int, int]]
                      ) -> list[tuple[int, int]]:
-        """Reserve disk space for blocks about to be filled, so a full disk fails the
-        transaction before it is journaled rather than while writing the data file."""
+        """Reserve disk space for blocks about to be filled, so a full disk (or a file that
+        may not grow) fails the transaction before it is journaled rather than while
+        writing the data file."""
         if not self._prealloc or not ranges:
             return []
         bs = self._bs
@@ -1054,7 +1055,12 @@ class ObjectStore:
         done: list[tuple[int, int]] = []
         for b0, b1 in todo:
             try:
-                fallocate(fd, _FALLOC_FL_KEEP_SIZE, b0 * bs, (b1 - b0 + 1) * bs)
+                # mode 0, not KEEP_SIZE: the file may grow here, as the whole-block data
+                # write would make it, so a limit on its size (RLIMIT_FSIZE, the
+                # filesystem's maximum) fails now, before the journal, and not in that
+                # data write, after it, which would leave the store failed. The file's
+                # size means nothing to reads (the object's size is in its metadata)
+                fallocate(fd, 0, b0 * bs, (b1 - b0 + 1) * bs)
             except OSError as e:
                 if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     self._prealloc = False

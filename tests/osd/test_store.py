@@ -700,6 +700,41 @@ def test_real_file_size_limit_is_enospc(tmp_path):
     s.close()
 
 
+REAL_FULL_DATA_FILE = textwrap.dedent("""
+    import errno, resource, signal, sys
+    from rbdpy.osd.store import ObjectStore, StoreError, Transaction
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    s = ObjectStore(sys.argv[1], journal_max=1 << 30)
+    s.apply("big", Transaction().write(0, b"a" * 4096))
+    for off in (2 << 20, (1 << 20) - 2048):  # past the limit; straddling it
+        try:  # small: journaled, so the data file is written only after the journal
+            s.apply("big", Transaction().write(off, b"b" * 4096))
+            raise AssertionError("the data file may not grow past 1 MiB")
+        except StoreError as e:
+            assert e.errno == errno.ENOSPC, e
+    s.apply("big", Transaction().write(4096, b"c" * 4096))  # the store goes on serving
+    assert s.read("big", 0, 8192) == b"a" * 4096 + b"c" * 4096
+    assert s.stat("big").size == 8192
+    s.commit()
+    s.close()
+""")
+
+
+def test_a_data_file_that_may_not_grow_is_enospc_before_journaling(tmp_path):
+    """The journal has room but the object's file may not grow (RLIMIT_FSIZE here; any
+    filesystem limit alike): the transaction fails with ENOSPC before it is journaled, and
+    the store keeps serving. (Reserving with KEEP_SIZE did not check the limit: the data
+    write failed after journaling, and the store refused everything until reopened.)"""
+    r = subprocess.run([sys.executable, "-c", REAL_FULL_DATA_FILE, str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    s = ObjectStore(tmp_path / "s")  # replays to the same state: the refused writes absent
+    assert s.stat("big").size == 8192
+    assert s.read("big", 0, 8192) == b"a" * 4096 + b"c" * 4096
+    s.close()
+
+
 # -- group commit and threads -----------------------------------------------------------------
 
 
