@@ -71,13 +71,15 @@ def _read_full(fd: int, buf: memoryview) -> int:
 
 
 def source_size(fd: int) -> int | None:
-    """Bytes a regular file or block device holds; None for a pipe (read to EOF)."""
-    st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size
-    if stat.S_ISBLK(st.st_mode):
-        return os.lseek(fd, 0, os.SEEK_END)
-    return None
+    """Bytes a regular file or block device holds from its current position on (where the
+    import reads from), which is left as it was; None for a pipe (read to EOF)."""
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        return None
+    here = os.lseek(fd, 0, os.SEEK_CUR)
+    end = os.lseek(fd, 0, os.SEEK_END)  # a block device's st_size is 0: ask for its end
+    os.lseek(fd, here, os.SEEK_SET)
+    return end - here
 
 
 def import_into(img: SyncImage, fd: int, size: int | None, progress: Progress | None = None
@@ -96,6 +98,8 @@ def import_into(img: SyncImage, fd: int, size: int | None, progress: Progress | 
         if want <= 0:
             break
         n = _read_full(fd, buf[:want])
+        if size is not None and n < want:  # shrank under us, or read from the wrong place
+            raise OSError(f"the source ended at {off + n} bytes, before its size {size}")
         if n == 0:
             break
         if size is None and off + n > img.size:
@@ -106,8 +110,6 @@ def import_into(img: SyncImage, fd: int, size: int | None, progress: Progress | 
         off += n
         if progress:
             progress(off, size)
-        if size is not None and n < want:
-            raise OSError(f"the source ended at {off} bytes, before its size {size}")
     img.flush()
     if size is None and img.size != off:
         img.resize(off)

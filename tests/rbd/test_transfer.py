@@ -63,8 +63,9 @@ def test_import_then_export_is_identical_and_sparse(osd_process, tmp_path: Path)
         img = r.open_image("img")
         fd = os.open(src, os.O_RDONLY)
         try:
-            stats = transfer.import_into(img, fd, transfer.source_size(fd),
-                                         lambda d, t: seen.append((d, t)))
+            size = transfer.source_size(fd)
+            assert size == len(want) and os.lseek(fd, 0, os.SEEK_CUR) == 0  # still at 0
+            stats = transfer.import_into(img, fd, size, lambda d, t: seen.append((d, t)))
         finally:
             os.close(fd)
         assert stats.bytes == len(want)
