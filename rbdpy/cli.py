@@ -198,7 +198,7 @@ DROP_TIMEOUT = 30.0
 
 
 def _drop_partial(r, img, name: str) -> str:  # noqa: ANN001
-    """Remove what a failed import left; says what happened, for the error line."""
+    """Remove what a failed import (or copy) left; says what happened, for the error line."""
     import trio
 
     from rbdpy.rbd import image as rbdimage
@@ -213,6 +213,43 @@ def _drop_partial(r, img, name: str) -> str:  # noqa: ANN001
         return f"removed the partial image {name}"
     except Exception as e:  # noqa: BLE001 - reported, the original error matters more
         return f"could not remove the partial image {name} ({e}): 'rbdpy rm {name}'"
+
+
+@_image_errors
+def cmd_mv(args: argparse.Namespace) -> int:
+    """``rbd mv``: rename (refused while a writer has the image open)."""
+    with _rados(args) as r:
+        r.rename_image(args.name, args.new_name)
+    return 0
+
+
+@_image_errors
+def cmd_cp(args: argparse.Namespace) -> int:
+    """``rbd cp``: a new image with the same size, object size and data, sparse (holes
+    and zero blocks are not copied); durable when this returns 0. A failed or interrupted
+    copy removes the partial image."""
+    from rbdpy.client.objecter import OSDError
+    from rbdpy.rbd import transfer
+    from rbdpy.rbd.image import ImageError
+
+    progress = _progress_meter("Image copy", not args.no_progress)
+    with _rados(args) as r:
+        src = r.open_image(args.name, read_only=True)  # read-only: works next to a server
+        r.create_image(args.dest, src.size, order=src.info.order)
+        dst = None
+        try:
+            dst = r.open_image(args.dest)
+            transfer.copy_image(src, dst, progress)
+            dst.close()
+        except (OSDError, ImageError) as e:
+            raise UserError(f"copy to {args.dest} failed: {e}; "
+                            f"{_drop_partial(r, dst, args.dest)}") from None
+        except KeyboardInterrupt:
+            print(f"\nrbdpy: copy interrupted; {_drop_partial(r, dst, args.dest)}",
+                  file=sys.stderr)
+            raise
+    _done_meter("Image copy", progress)
+    return 0
 
 
 @_image_errors
@@ -601,6 +638,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("path")
     sp.add_argument("--no-progress", action="store_true")
+    sp = image_cmd("cp", cmd_cp, "copy an image to a new one, sparse (like rbd cp)")
+    sp.add_argument("name")
+    sp.add_argument("dest")
+    sp.add_argument("--no-progress", action="store_true")
+    sp = image_cmd("mv", cmd_mv, "rename an image (like rbd mv)")
+    sp.add_argument("name")
+    sp.add_argument("new_name")
     sp = image_cmd("info", cmd_info, "show an image")
     sp.add_argument("name")
     sp.add_argument("--format", choices=["plain", "json"], default="plain")

@@ -178,9 +178,10 @@ def _raw_source(path: Path, seed: int = 3) -> bytes:
     return data
 
 
-def test_import_and_export_verbs(tmp_path: Path) -> None:
+def test_import_and_export_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``rbd import`` / ``rbd export`` as users run them: files (sparse both ways), pipes,
-    and the errors that must leave nothing behind."""
+    and the errors that must leave nothing behind; then ``cp`` and ``mv``."""
+    monkeypatch.setenv("RBDPY_LOCK_LEASE", "3")  # our own holder must look alive to the CLI
     data = tmp_path / "c"
     src = tmp_path / "vm.raw"
     want = _raw_source(src)
@@ -213,6 +214,25 @@ def test_import_and_export_verbs(tmp_path: Path) -> None:
         assert r.returncode == 0 and r.stdout == want, r.stderr
         assert json.loads(rb(data, "info", "piped", "--format", "json").stdout)["size"] == \
             len(want)
+
+        # cp (sparse, identical) and mv (atomic rename; refused onto a name or while in use)
+        rb(data, "cp", "disk", "copy")
+        used_copy = int(rb(data, "du", "copy", "--bytes").stdout.split()[-1])
+        assert used_copy == int(rb(data, "du", "disk", "--bytes").stdout.split()[-1])
+        info = json.loads(rb(data, "info", "copy", "--format", "json").stdout)
+        assert (info["size"], info["order"]) == (len(want), 20)
+        rb(data, "mv", "copy", "moved")
+        r = subprocess.run([*RBDPY, "--cluster", str(data), "export", "moved", "-"],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0 and r.stdout == want, r.stderr
+        r = rb(data, "mv", "moved", "disk", check=False)
+        assert r.returncode == 1 and r.stderr.strip() == "rbdpy: image disk exists"
+        with rbdpy.connect(str(data)) as c:
+            c.open_image("moved")  # a writer holds it
+            r = rb(data, "mv", "moved", "other", check=False)
+            assert r.returncode == 1 and "image moved is in use by client." in r.stderr
+        assert "moved" in rb(data, "ls").stdout.split()
+        rb(data, "rm", "moved")
 
         # errors: one line each, nothing left behind, nothing overwritten
         r = rb(data, "import", str(src), "disk", check=False)

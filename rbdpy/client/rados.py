@@ -150,6 +150,9 @@ class Rados:
     def remove_image(self, name: str, progress=None) -> None:  # noqa: ANN001
         self.run(lambda: rbdimage.remove_image(self.objecter, self.pool, name, progress))
 
+    def rename_image(self, name: str, new_name: str) -> None:
+        self.run(lambda: rbdimage.rename_image(self.objecter, self.pool, name, new_name))
+
     def close_image(self, img: rbdimage.Image) -> None:
         """Give an open image's exclusive lock back (once; ``close`` does it for all)."""
         if img in self._images:

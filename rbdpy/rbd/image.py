@@ -112,11 +112,15 @@ def _objects_for(size: int, layout: Layout) -> int:
     return n
 
 
+def _check_name(name: str) -> None:
+    if not name or "/" in name or len(name) > 255:
+        raise ImageError(errno.EINVAL, f"bad image name {name!r}")
+
+
 async def create_image(objecter: Objecter, pool: int, name: str, size: int, *, order: int = 22,
                        stripe_unit: int = 0, stripe_count: int = 1) -> str:
     """Claim the name, then write the header; EEXIST if the name is taken."""
-    if not name or "/" in name or len(name) > 255:
-        raise ImageError(errno.EINVAL, f"bad image name {name!r}")
+    _check_name(name)
     if not 0 <= size <= MAX_SIZE:
         raise ImageError(errno.EINVAL, f"bad size {size}")
     try:
@@ -176,6 +180,30 @@ async def remove_image(objecter: Objecter, pool: int, name: str, progress=None) 
     await objecter.submit(pool, DIRECTORY, [O.Call("rbd", "dir_remove", json.dumps(
         {"name": name, "id": img.id}).encode())], write=True)
     await objecter.flush()
+
+
+async def rename_image(objecter: Objecter, pool: int, name: str, new_name: str) -> None:
+    """Rename (``rbd mv``): one atomic op vector on the directory drops the old name and
+    adds the new one (EEXIST: nothing changed). Refused (EBUSY) while another client has
+    the image open for writing: it holds the lock this takes."""
+    _check_name(new_name)
+    img = await Image.open(objecter, pool, name)
+    try:
+        try:
+            await objecter.submit(pool, DIRECTORY, [
+                O.Call("rbd", "dir_remove", json.dumps({"name": name, "id": img.id}).encode()),
+                O.Call("rbd", "dir_add", json.dumps({"name": new_name, "id": img.id}).encode()),
+            ], write=True)
+        except OSDError as e:
+            if e.errno == errno.EEXIST:
+                raise ImageError(errno.EEXIST, f"image {new_name} exists") from None
+            raise
+        await objecter.submit(pool, header_oid(img.id), [O.Call(
+            "rbd", "set_header_fields", json.dumps({"name": new_name}).encode())], write=True)
+        await objecter.flush()
+    finally:
+        with trio.CancelScope(shield=True):
+            await img.close()
 
 
 class Image:

@@ -1,4 +1,5 @@
-"""Import and export: whole images to and from files or pipes, sparse both ways.
+"""Import, export and copy: whole images to and from files or pipes, or to a new image,
+sparse every way.
 
 Like ``rbd import`` / ``rbd export``. Import reads the source in object-sized chunks and
 writes only the 4 KiB blocks that hold something, so zero runs in a raw VM image stay holes
@@ -6,11 +7,13 @@ writes only the 4 KiB blocks that hold something, so zero runs in a raw VM image
 exists, and into a regular file writes only blocks that are not zero, then sets the size,
 so the copy is as sparse as the image. A pipe (``-``) gets every byte in order.
 
-Both work on the blocking :class:`~rbdpy.client.rados.SyncImage` from the calling thread.
-Import gets its concurrency from write-back: a write returns once sent, so the next chunk is
-read from the file while earlier ones travel (at most ``max_dirty`` bytes out), and the final
-``flush`` makes the whole image durable before success is reported. Export reads a window of
-chunks concurrently (``SyncImage.read_many``) and writes them out in order.
+Copy (``rbd cp``) reads like export and writes like import.
+
+All work on the blocking :class:`~rbdpy.client.rados.SyncImage` from the calling thread.
+Import (and copy) gets its concurrency from write-back: a write returns once sent, so the
+next chunk is read while earlier ones travel (at most ``max_dirty`` bytes out), and the
+final ``flush`` makes the whole image durable before success is reported. Export (and copy)
+reads a window of chunks concurrently (``SyncImage.read_many``) and uses them in order.
 
 File I/O errors and cluster errors propagate; the CLI cleans up (a partial image is removed,
 a partial output file deleted) and reports one line.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,12 +119,12 @@ def import_into(img: SyncImage, fd: int, size: int | None, progress: Progress | 
     return TransferStats(off, written, time.monotonic() - t0)
 
 
-def export_from(img: SyncImage, fd: int, progress: Progress | None = None) -> TransferStats:
-    """Copy all of ``img`` to ``fd``: a regular file sparsely (holes and zero blocks are
-    skipped, then the size is set), anything else (pipe, block device) byte for byte."""
-    t0 = time.monotonic()
+def _pieces(img: SyncImage) -> Iterator[tuple[int, int, memoryview | None]]:
+    """The whole image in order, as ``(offset, length, data)`` pieces of at most one chunk:
+    ``data`` is a view of what was read, or None for a hole (never read). Allocated pieces
+    are read ``EXPORT_WINDOW`` at a time, concurrently; a view is valid until the next
+    piece is asked for."""
     size = img.size
-    sparse = stat.S_ISREG(os.fstat(fd).st_mode)
     chunk = max(img.info.object_size, 1 << 20)
     pieces: list[tuple[int, int, bool]] = []  # (offset, length, allocated), in order
     for off, n, alloc in img.extents(0, size) if size else []:
@@ -131,8 +134,6 @@ def export_from(img: SyncImage, fd: int, progress: Progress | None = None) -> Tr
             pieces.append((off, k, alloc))
             off += k
     bufs = [memoryview(bytearray(chunk)) for _ in range(EXPORT_WINDOW)]
-    zeros = memoryview(bytes(chunk))
-    written = done = 0
     i = 0
     while i < len(pieces):
         window: list[tuple[int, int, bool]] = []
@@ -146,17 +147,28 @@ def export_from(img: SyncImage, fd: int, progress: Progress | None = None) -> Tr
         img.read_many(reads)
         data = iter(reads)
         for off, n, alloc in window:
-            view = next(data)[1] if alloc else zeros[:n]
-            if sparse:
-                for s, e in nonzero_runs(view) if alloc else []:
-                    os.pwrite(fd, view[s:e], off + s)
-                    written += e - s
-            else:
-                _write_all(fd, view)
-                written += n
-            done += n
-            if progress:
-                progress(done, size)
+            yield off, n, next(data)[1] if alloc else None
+
+
+def export_from(img: SyncImage, fd: int, progress: Progress | None = None) -> TransferStats:
+    """Copy all of ``img`` to ``fd``: a regular file sparsely (holes and zero blocks are
+    skipped, then the size is set), anything else (pipe, block device) byte for byte."""
+    t0 = time.monotonic()
+    size = img.size
+    sparse = stat.S_ISREG(os.fstat(fd).st_mode)
+    zeros = memoryview(bytes(max(img.info.object_size, 1 << 20)))
+    written = done = 0
+    for off, n, data in _pieces(img):
+        if sparse:
+            for s, e in nonzero_runs(data) if data is not None else []:
+                os.pwrite(fd, data[s:e], off + s)
+                written += e - s
+        else:
+            _write_all(fd, data if data is not None else zeros[:n])
+            written += n
+        done += n
+        if progress:
+            progress(done, size)
     if sparse:
         os.ftruncate(fd, size)
     if sparse or stat.S_ISBLK(os.fstat(fd).st_mode):
@@ -168,3 +180,20 @@ def _write_all(fd: int, view: memoryview) -> None:
     while len(view):
         n = os.write(fd, view)
         view = view[n:]
+
+
+def copy_image(src: SyncImage, dst: SyncImage, progress: Progress | None = None
+               ) -> TransferStats:
+    """Copy ``src`` into ``dst`` (new, all holes, at least as large), then flush: only the
+    non-zero blocks of what ``src`` holds are written, so holes stay holes."""
+    t0 = time.monotonic()
+    written = done = 0
+    for off, n, data in _pieces(src):
+        for s, e in nonzero_runs(data) if data is not None else []:
+            dst.write(off + s, data[s:e])  # write-back copies it: the view is reused
+            written += e - s
+        done += n
+        if progress:
+            progress(done, src.size)
+    dst.flush()
+    return TransferStats(src.size, written, time.monotonic() - t0)
