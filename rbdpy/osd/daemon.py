@@ -32,6 +32,7 @@ from rbdpy.msgr.message import ENTITY_OSD, EntityName, Message, MsgHeader
 from rbdpy.msgr.messenger import Messenger, Peer
 from rbdpy.osd import classes
 from rbdpy.osd import ops as osdops
+from rbdpy.osd.aiosync import AioSync
 from rbdpy.osd.store import ObjectStore, StoreError, Transaction
 
 log = logging.getLogger("rbdpy.osd")
@@ -151,6 +152,8 @@ class OSD:
         # fault injection for tests (like Ceph's *_inject_* options): hold every group commit
         # back this long, so "applied but not yet durable" lasts long enough to act on
         self.commit_delay = float(os.environ.get("RBDPY_OSD_COMMIT_DELAY", "0") or 0)
+        # group commits synced by the kernel, awaited here (None: a worker thread does it)
+        self._aio = None if os.environ.get("RBDPY_OSD_NO_AIO") else AioSync.open()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -159,7 +162,9 @@ class OSD:
         async with Messenger(self.name, self) as msgr:
             self.msgr = msgr
             addr = await msgr.listen(host, port)
-            log.info("osd listening", extra={"osd": self.id, "addr": f"{addr[0]}:{addr[1]}"})
+            log.info("osd listening", extra={"osd": self.id, "addr": f"{addr[0]}:{addr[1]}",
+                                             "commits": "thread" if self._aio is None
+                                             else "aio"})
             msgr.nursery.start_soon(self._committer)
             task_status.started(addr)
             try:
@@ -167,6 +172,8 @@ class OSD:
             finally:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(self.store.close)
+                    if self._aio is not None:
+                        self._aio.close()
                     log.info("osd stopped cleanly", extra={"osd": self.id})
 
     async def _committer(self) -> None:
@@ -179,7 +186,7 @@ class OSD:
             if self.commit_delay:
                 await trio.sleep(self.commit_delay)
             try:
-                durable = await trio.to_thread.run_sync(self.store.commit)
+                durable = await self._commit()
             except StoreError as e:
                 log.error("commit failed: %s", e)
                 durable = -1
@@ -197,6 +204,35 @@ class OSD:
             self._pending = keep
             if keep:
                 self._commit_wanted.set()
+
+    async def _commit(self) -> int:
+        """One group commit; the durable seq. With AIO (``rbdpy.osd.aiosync``) the syncs
+        are the kernel's and this loop goes on meanwhile; without, or while a checkpoint
+        holds the store's commit lock, ``store.commit`` runs in a worker thread."""
+        plan = self.store.begin_commit() if self._aio is not None else None
+        if plan is None:
+            return await trio.to_thread.run_sync(self.store.commit)
+        synced = False
+        try:
+            if plan.seq > self.store.committed_seq():
+                for path in plan.direct_paths:  # direct data before the records about it
+                    try:
+                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        continue  # deleted since; that delete is journaled
+                    try:
+                        await self._aio.fdatasync(fd)  # type: ignore[union-attr]
+                    finally:
+                        os.close(fd)
+                await self._aio.fdatasync(plan.journal_fd)  # type: ignore[union-attr]
+            synced = True
+        except OSError as e:
+            raise StoreError(errno.EIO, f"commit: {e}") from None
+        finally:
+            durable = self.store.end_commit(plan, synced)
+        if plan.jpos >= self.store.journal_max:
+            await trio.to_thread.run_sync(self.store.checkpoint_if_due)
+        return durable
 
     # -- Dispatcher ----------------------------------------------------------------------
 

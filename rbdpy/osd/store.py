@@ -510,6 +510,17 @@ class _TxnState:
 # -- the store ---------------------------------------------------------------------------------
 
 
+@dataclass
+class CommitPlan:
+    """What one commit covers (see ``ObjectStore.begin_commit``)."""
+
+    seq: int  # durable once this commit's syncs are done
+    journal_fd: int  # fdatasync it last
+    jpos: int
+    direct: set[str]  # objects whose direct-written data must be durable before the journal
+    direct_paths: list[str]  # their files: open each read-only and fdatasync it (may be gone)
+
+
 class ObjectStore:
     """A synchronous, crash-safe object store (see the module docstring for the design)."""
 
@@ -1340,27 +1351,80 @@ class ObjectStore:
         Safe to call from another thread while ``apply`` runs; checkpoints when the journal
         segment has grown past ``journal_max``."""
         with self._commit_lock:
-            with self._lock:
-                if self._closed:
-                    return self._durable
-                seq, fd, jpos = self._seq, self._jfd, self._jpos
-                direct, self._direct_pending = self._direct_pending, set()
-            if seq > self._durable:
-                try:
-                    for oid in direct:  # direct data must be durable before its record
+            plan = self._plan_commit()
+            if plan is None:
+                return self._durable
+            ok = False
+            try:
+                if plan.seq > self._durable:
+                    for oid in plan.direct:  # direct data must be durable before its record
                         self._sync_object_file(oid)
-                    os.fdatasync(fd)
-                except OSError as e:
-                    with self._lock:
-                        self._direct_pending |= direct
-                    raise StoreError(errno.EIO, f"commit: {e}") from None
-                self._durable = seq
-            if jpos >= self.journal_max:
-                try:
-                    self._checkpoint()
-                except StoreError as e:  # the commit itself succeeded; retried next time
-                    log.warning("checkpoint failed, journal keeps growing: %s", e)
+                    os.fdatasync(plan.journal_fd)
+                ok = True
+            except OSError as e:
+                raise StoreError(errno.EIO, f"commit: {e}") from None
+            finally:
+                self._settle_commit(plan, ok)
+            if plan.jpos >= self.journal_max:
+                self._checkpoint_quietly()
             return self._durable
+
+    # the same commit in two halves, for a caller that does the syncs itself and awaits
+    # them (the OSD, with ``rbdpy.osd.aiosync``): ``begin_commit``, then fdatasync every
+    # file of ``CommitPlan.direct_paths`` and then ``journal_fd``, then ``end_commit``
+
+    def begin_commit(self) -> CommitPlan | None:
+        """Hold the commit lock until ``end_commit`` and say what to sync; None (nothing
+        held) if a commit or checkpoint is under way elsewhere, or the store is closed:
+        call ``commit`` then."""
+        if not self._commit_lock.acquire(blocking=False):
+            return None
+        try:
+            plan = self._plan_commit()
+        except BaseException:
+            self._commit_lock.release()
+            raise
+        if plan is None:
+            self._commit_lock.release()
+        return plan
+
+    def end_commit(self, plan: CommitPlan, synced: bool) -> int:
+        """``synced``: the plan's files and then its journal were fdatasynced. Releases the
+        commit lock; returns the durable seq. A due checkpoint is ``checkpoint_if_due``'s
+        (it can take a while: run it off the caller's loop)."""
+        try:
+            self._settle_commit(plan, synced)
+        finally:
+            self._commit_lock.release()
+        return self._durable
+
+    def checkpoint_if_due(self) -> int:
+        """Checkpoint if the journal segment has grown past ``journal_max``."""
+        with self._commit_lock:
+            if self._jpos >= self.journal_max and not self._closed:
+                self._checkpoint_quietly()
+            return self._durable
+
+    def _plan_commit(self) -> CommitPlan | None:
+        with self._lock:
+            if self._closed:
+                return None
+            direct, self._direct_pending = self._direct_pending, set()
+            return CommitPlan(self._seq, self._jfd, self._jpos, direct,
+                              [self._path(oid)[1] for oid in sorted(direct)])
+
+    def _settle_commit(self, plan: CommitPlan, synced: bool) -> None:
+        if synced:
+            self._durable = max(self._durable, plan.seq)
+        else:
+            with self._lock:
+                self._direct_pending |= plan.direct
+
+    def _checkpoint_quietly(self) -> None:
+        try:
+            self._checkpoint()
+        except StoreError as e:  # the commit itself succeeded; retried next time
+            log.warning("checkpoint failed, journal keeps growing: %s", e)
 
     def _sync_object_file(self, oid: str) -> None:
         """fdatasync an object's file through a private fd (the LRU may close its own)."""

@@ -329,8 +329,22 @@ class CrashModel:
                     assert w == 0 or w in self.written[(o, b)]
 
 
-async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd) -> None:  # noqa: ANN001
-    port, h = osd.port, osd
+@pytest.fixture(params=["aio", "thread"])
+def osd_either_sync(request, osd_process, monkeypatch):  # noqa: ANN001, ANN201
+    """An OSD whose group commits are synced through Linux AIO, or in a worker thread (its
+    fallback); the log says which it uses."""
+    if request.param == "thread":
+        monkeypatch.setenv("RBDPY_OSD_NO_AIO", "1")
+    o = osd_process()
+    o.start()
+    if request.param == "aio" and "commits=aio" not in o.log_text():
+        pytest.skip(f"no Linux AIO here: {o.log_text()[-500:]}")
+    assert f"commits={request.param}" in o.log_text(), o.log_text()[-2000:]
+    return o
+
+
+async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd_either_sync) -> None:  # noqa: ANN001
+    port, h = osd_either_sync.port, osd_either_sync
     model = CrashModel(3, 48)
     for seed in range(3):
         await model.crash_round(port, h, seed)
