@@ -3,8 +3,9 @@
 Requests are executed in arrival order on the trio thread, so a vector on one object is
 atomic (one store transaction) and ordered with every other request on that object. The
 ack reply leaves as soon as the transaction is applied (readable); the commit reply leaves
-after the group-commit fsync that covers it, which a committer task runs in a worker thread
-while new requests keep being applied.
+after the group-commit fsync that covers it, which a committer task hands to the kernel
+(Linux AIO, ``rbdpy.osd.aiosync``; a worker thread where that is not available) while new
+requests keep being applied.
 
 Resent requests (same client incarnation and tid, higher attempt) are recognized from a
 small per-object table of recent request ids that is written in the same transaction as the

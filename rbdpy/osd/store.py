@@ -56,7 +56,8 @@ lost. Guarding against that needs copy-on-write or deferred in-place writes.
 
 Threads: ``apply``/``read``/... may run on one thread while ``commit`` runs on another
 (``trio.to_thread``); a lock guards the in-memory state and ``commit`` holds it only briefly,
-never across an fsync.
+never across an fsync. A caller that does the syncs itself (the OSD, through Linux AIO) uses
+``begin_commit`` / ``end_commit``, which hold only the commit lock in between.
 """
 
 from __future__ import annotations
