@@ -24,11 +24,13 @@ import signal
 import struct
 import time
 from collections import OrderedDict, deque
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
 import trio
 
+from rbdpy.gather import gather
 from rbdpy.msgr.message import ENTITY_OSD, EntityName, Message, MsgHeader
 from rbdpy.msgr.messenger import Messenger, Peer
 from rbdpy.osd import classes
@@ -216,15 +218,8 @@ class OSD:
         synced = False
         try:
             if plan.seq > self.store.committed_seq():
-                for path in plan.direct_paths:  # direct data before the records about it
-                    try:
-                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    except FileNotFoundError:
-                        continue  # deleted since; that delete is journaled
-                    try:
-                        await self._aio.fdatasync(fd)  # type: ignore[union-attr]
-                    finally:
-                        os.close(fd)
+                # direct data before the records about it; those files all at once
+                await gather(partial(self._sync_file, p) for p in plan.direct_paths)
                 await self._aio.fdatasync(plan.journal_fd)  # type: ignore[union-attr]
             synced = True
         except OSError as e:
@@ -234,6 +229,16 @@ class OSD:
         if plan.jpos >= self.store.journal_max:
             await trio.to_thread.run_sync(self.store.checkpoint_if_due)
         return durable
+
+    async def _sync_file(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # deleted since; that delete is journaled
+        try:
+            await self._aio.fdatasync(fd)  # type: ignore[union-attr]
+        finally:
+            os.close(fd)
 
     # -- Dispatcher ----------------------------------------------------------------------
 
