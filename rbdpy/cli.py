@@ -155,9 +155,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     interrupted import removes the partial image."""
     import os
 
-    from rbdpy.client.objecter import OSDError
     from rbdpy.rbd import transfer
-    from rbdpy.rbd.image import ImageError
 
     order = _order(args.object_size)
     name = args.name or os.path.basename(args.path.rstrip("/"))
@@ -175,18 +173,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         progress = _progress_meter("Importing image", not args.no_progress)
         with _rados(args) as r:
             r.create_image(name, size or 0, order=order)
-            img = None
-            try:
-                img = r.open_image(name)
-                transfer.import_into(img, fd, size, progress)
-                img.close()
-            except (OSError, OSDError, ImageError) as e:
-                raise UserError(f"import of {args.path} failed: {e}; "
-                                f"{_drop_partial(r, img, name)}") from None
-            except KeyboardInterrupt:
-                print(f"\nrbdpy: import interrupted; {_drop_partial(r, img, name)}",
-                      file=sys.stderr)
-                raise
+            _fill_new_image(r, name, f"import of {args.path}",
+                            lambda img: transfer.import_into(img, fd, size, progress))
     finally:
         if closefd:
             os.close(fd)
@@ -195,6 +183,25 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 DROP_TIMEOUT = 30.0
+
+
+def _fill_new_image(r, name: str, what: str, fill) -> None:  # noqa: ANN001
+    """Open the image ``name`` just created and ``fill(img)`` it, then close it; if that
+    fails (one line) or is interrupted (Ctrl-C), remove the partial image."""
+    from rbdpy.client.objecter import OSDError
+    from rbdpy.rbd.image import ImageError
+
+    img = None
+    try:
+        img = r.open_image(name)
+        fill(img)
+        img.close()
+    except (OSError, OSDError, ImageError) as e:
+        raise UserError(f"{what} failed: {e}; {_drop_partial(r, img, name)}") from None
+    except KeyboardInterrupt:
+        print(f"\nrbdpy: {what} interrupted; {_drop_partial(r, img, name)}",
+              file=sys.stderr)
+        raise
 
 
 def _drop_partial(r, img, name: str) -> str:  # noqa: ANN001
@@ -228,26 +235,14 @@ def cmd_cp(args: argparse.Namespace) -> int:
     """``rbd cp``: a new image with the same size, object size and data, sparse (holes
     and zero blocks are not copied); durable when this returns 0. A failed or interrupted
     copy removes the partial image."""
-    from rbdpy.client.objecter import OSDError
     from rbdpy.rbd import transfer
-    from rbdpy.rbd.image import ImageError
 
     progress = _progress_meter("Image copy", not args.no_progress)
     with _rados(args) as r:
         src = r.open_image(args.name, read_only=True)  # read-only: works next to a server
         r.create_image(args.dest, src.size, order=src.info.order)
-        dst = None
-        try:
-            dst = r.open_image(args.dest)
-            transfer.copy_image(src, dst, progress)
-            dst.close()
-        except (OSDError, ImageError) as e:
-            raise UserError(f"copy to {args.dest} failed: {e}; "
-                            f"{_drop_partial(r, dst, args.dest)}") from None
-        except KeyboardInterrupt:
-            print(f"\nrbdpy: copy interrupted; {_drop_partial(r, dst, args.dest)}",
-                  file=sys.stderr)
-            raise
+        _fill_new_image(r, args.dest, f"copy to {args.dest}",
+                        lambda dst: transfer.copy_image(src, dst, progress))
     _done_meter("Image copy", progress)
     return 0
 

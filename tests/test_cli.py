@@ -287,7 +287,7 @@ def test_a_failed_or_interrupted_import_removes_the_partial_image(tmp_path: Path
         err = p.stderr.read().decode()
         assert p.wait(timeout=60) == 130
         p.stdin.close()
-        assert "import interrupted; removed the partial image cut" in err, err
+        assert "interrupted; removed the partial image cut" in err, err
         assert rb(data, "ls").stdout.split() == []
     finally:
         rb(data, "cluster", "down")
