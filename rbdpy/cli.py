@@ -257,42 +257,42 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from rbdpy.rbd import transfer
 
-    created = False
+    st = None
     if args.path == "-":
         if sys.stdout.isatty():
             raise UserError("refusing to write image data to a terminal (redirect stdout)")
-        fd = sys.stdout.fileno()
     else:
         try:
             st = os.stat(args.path)
         except FileNotFoundError:
-            st = None
+            pass
         except OSError as e:
             raise UserError(f"cannot use {args.path}: {e.strerror}") from None
         if st is not None and not stat.S_ISBLK(st.st_mode):
             raise UserError(f"{args.path} exists (remove it first, or export to a new name)")
-        with _rados(args) as r:  # the image first: a wrong name leaves no empty file behind
-            r.open_image(args.name, read_only=True)
-        flags = os.O_WRONLY | os.O_CLOEXEC | (0 if st else os.O_CREAT | os.O_EXCL)
-        try:
-            fd = os.open(args.path, flags, 0o644)
-        except OSError as e:
-            raise UserError(f"cannot create {args.path}: {e.strerror}") from None
-        created = st is None
     progress = _progress_meter("Exporting image", not args.no_progress)
-    ok = False
-    try:
-        with _rados(args) as r:
-            img = r.open_image(args.name, read_only=True)
+    with _rados(args) as r:
+        img = r.open_image(args.name, read_only=True)  # first: a wrong name makes no file
+        if args.path == "-":
+            fd, created = sys.stdout.fileno(), False
+        else:
+            flags = os.O_WRONLY | os.O_CLOEXEC | (0 if st else os.O_CREAT | os.O_EXCL)
+            try:
+                fd = os.open(args.path, flags, 0o644)
+            except OSError as e:
+                raise UserError(f"cannot create {args.path}: {e.strerror}") from None
+            created = st is None
+        ok = False
+        try:
             transfer.export_from(img, fd, progress)
-        ok = True
-    except OSError as e:
-        raise UserError(f"export to {args.path} failed: {e}") from None
-    finally:
-        if args.path != "-":
-            os.close(fd)
-        if not ok and created:
-            os.unlink(args.path)
+            ok = True
+        except OSError as e:
+            raise UserError(f"export to {args.path} failed: {e}") from None
+        finally:
+            if args.path != "-":
+                os.close(fd)
+            if not ok and created:
+                os.unlink(args.path)
     _done_meter("Exporting image", progress)
     return 0
 
