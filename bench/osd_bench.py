@@ -25,8 +25,8 @@ import trio
 
 from rbdpy.client.objecter import Objecter
 from rbdpy.msgr.messenger import Messenger
-from rbdpy.osd import ops as O
 from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.proto import ops as O
 
 OBJ = 4 << 20
 TARGETS = {"4k randwrite qd32": ("ops", 5000), "1M write": ("MBps", 300),

@@ -23,21 +23,22 @@ from dataclasses import dataclass, field
 
 import trio
 
+from rbdpy.errors import RbdpyError
 from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message, MsgHeader
 from rbdpy.msgr.messenger import Messenger, Peer
-from rbdpy.osd import ops as osdops
 from rbdpy.osdmap import OSDMap
+from rbdpy.proto import ops as osdops
+from rbdpy.proto import osdmsg
 
 log = logging.getLogger("rbdpy.objecter")
 
 
-class OSDError(Exception):
+class OSDError(RbdpyError):
     """An OSD answered with an error: carries the errno."""
 
     def __init__(self, err: int, what: str = "") -> None:
-        super().__init__(f"{what}: {errno.errorcode.get(err, err)}" if what else
+        super().__init__(err, f"{what}: {errno.errorcode.get(err, err)}" if what else
                          errno.errorcode.get(err, str(err)))
-        self.errno = err
 
 
 @dataclass(eq=False)
@@ -244,7 +245,7 @@ class Objecter:
                 flags |= osdops.FLAG_ACK
         else:
             flags = osdops.FLAG_READ | osdops.FLAG_ACK
-        msg = osdops.encode_request(
+        msg = osdmsg.encode_request(
             req.ops, tid=req.tid, client=self.me, incarnation=self.incarnation,
             epoch=self.osdmap.epoch, pool=req.pool, oid=req.oid, flags=flags,
             snapc=req.snapc, snapid=req.snapid, attempt=req.attempt,
@@ -308,7 +309,7 @@ class Objecter:
         if req is None:
             return  # a late duplicate for something already complete
         try:
-            reply = osdops.decode_reply(msg, req.ops)
+            reply = osdmsg.decode_reply(msg, req.ops)
         except osdops.OpDecodeError as e:
             log.warning("undecodable reply tid %d from %s: %s", msg.tid, peer.name, e)
             reply, err = None, errno.EBADMSG

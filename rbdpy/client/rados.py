@@ -28,6 +28,7 @@ from rbdpy.client.bridge import ThreadBridge
 from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.gather import gather
 from rbdpy.msgr.messenger import Messenger
+from rbdpy.msgr.payload import byte_view
 from rbdpy.rbd import image as rbdimage
 from rbdpy.rbd import lock as rbdlock
 
@@ -207,7 +208,7 @@ class SyncImage:
 
     def read(self, offset: int, buf: bytearray | memoryview) -> None:
         img = self.image
-        self.rados.run_started(img.start_read, img.read, offset, _mv(buf))
+        self.rados.run_started(img.start_read, img.read, offset, byte_view(buf))
 
     def read_many(self, requests: list[tuple[int, bytearray | memoryview]]) -> None:
         """Fill each ``(offset, buffer)`` concurrently (one round of the cluster thread, not
@@ -215,7 +216,7 @@ class SyncImage:
         if not requests:
             return
         img = self.image
-        self.rados.run(lambda: gather(partial(img.read, off, _mv(buf))
+        self.rados.run(lambda: gather(partial(img.read, off, byte_view(buf))
                                       for off, buf in requests))
 
     def pread(self, offset: int, length: int) -> bytes:
@@ -225,7 +226,7 @@ class SyncImage:
 
     def write(self, offset: int, buf: bytes | bytearray | memoryview, fua: bool = False) -> None:
         img = self.image
-        mv = _mv(buf)
+        mv = byte_view(buf)
         if not fua:
             ex = img.postable(offset, len(mv))
             # posted: copied here, returns before the cluster thread sees it (bounded queue)
@@ -269,11 +270,6 @@ class SyncImage:
 
     def du(self) -> int:
         return self.rados.run(self.image.du)
-
-
-def _mv(buf: bytes | bytearray | memoryview) -> memoryview:
-    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
-    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
 
 
 def connect(cluster: str | None = None, *, pool: str = "rbd") -> Rados:

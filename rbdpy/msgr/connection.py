@@ -33,7 +33,7 @@ from rbdpy.msgr.message import (
     encode_footer,
     encode_header,
 )
-from rbdpy.msgr.payload import BioChain, Pages, SegmentCursor, _view
+from rbdpy.msgr.payload import BioChain, Pages, SegmentCursor, byte_view, slice_segments
 
 log = logging.getLogger("rbdpy.msgr")
 
@@ -790,7 +790,7 @@ class Connection:
         if n and self._skip:
             segs = [memoryview(bytearray(min(n, 65536)))]
             segs = segs * ((n + len(segs[0]) - 1) // len(segs[0]))
-            self._data_cursor = SegmentCursor(_clip(segs, n))
+            self._data_cursor = SegmentCursor(slice_segments(segs, 0, n, partial=True))
         elif n:
             payload, segs = self._data_destination(h)
             self._data_cursor = SegmentCursor(segs)
@@ -806,9 +806,9 @@ class Connection:
         n = h.data_len
         segs = self.alloc_data(h) if self.alloc_data else None
         if segs is not None:
-            segs = [_view(s) for s in segs]  # lengths in bytes, whatever the item format
+            segs = [byte_view(s) for s in segs]  # lengths in bytes, whatever the item format
         if segs is not None and sum(len(s) for s in segs) >= n:
-            payload = BioChain(_clip(segs, n))
+            payload = BioChain(slice_segments(segs, 0, n, partial=True))
         elif self.pool is not None and n >= POOL_MIN:
             # no destination offered: a pooled buffer (see BufferPool), handed back
             # by the driver once the message is dispatched
@@ -858,15 +858,3 @@ class Connection:
         msg._pool_token, self._pool_token = self._pool_token, None
         self._events.append(MessageReceived(msg))
 
-
-def _clip(segs: list[memoryview], n: int) -> list[memoryview]:
-    """The first ``n`` bytes of a list of segments, as views."""
-    out = []
-    for s in segs:
-        if n <= 0:
-            break
-        if len(s) > n:
-            s = s[:n]
-        out.append(s)
-        n -= len(s)
-    return out

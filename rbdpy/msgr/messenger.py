@@ -21,6 +21,7 @@ from typing import Protocol
 
 import trio
 
+from rbdpy.errors import RbdpyError
 from rbdpy.msgr.bufferpool import BufferPool
 from rbdpy.msgr.connection import (
     Closed,
@@ -312,6 +313,8 @@ class Messenger:
         """Run one side of the connection; whatever ends it ends the whole connection."""
         try:
             await task(state, conn, sock)
+        except RbdpyError:
+            raise  # an upper layer's error while dispatching, not the socket's
         except OSError as e:
             await self._handle(state, conn, conn.fault(f"socket error: {e}"))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:

@@ -9,18 +9,58 @@ receiving ``recv_into``s writable views. Nothing here copies the caller's bytes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from rbdpy.crc import Buffer
 
 PAGE_SIZE = 4096
 
 
-def _view(buf: Buffer) -> memoryview:
+# ---- segment lists: the one place that normalises and slices them ------------------------------
+
+
+class ShortSegments(ValueError):
+    """A slice reaches past the end of its segment list."""
+
+
+def byte_view(buf: Buffer) -> memoryview:
+    """``buf`` as a flat view of bytes (numpy arrays and typed views included): no copy."""
     mv = buf if isinstance(buf, memoryview) else memoryview(buf)
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
     return mv
+
+
+def byte_views(data: Buffer | Sequence[Buffer], *, drop_empty: bool = False) -> list[memoryview]:
+    """One buffer or a list of buffers as byte views of the same memory."""
+    items = data if isinstance(data, list | tuple) else (data,)
+    views = [byte_view(d) for d in items]  # type: ignore[arg-type]
+    return [v for v in views if len(v)] if drop_empty else views
+
+
+def slice_segments(segs: Sequence[memoryview], offset: int, length: int, *,
+                   partial: bool = False) -> list[memoryview]:
+    """Views of bytes [offset, offset+length) of a segment list, cut at any segment
+    boundary: no copy. Raises ShortSegments when the segments end first, unless
+    ``partial`` (then the views cover what there is)."""
+    if offset < 0 or length < 0:
+        raise ValueError("negative offset or length")
+    out: list[memoryview] = []
+    for s in segs:
+        if not length:
+            break
+        n = len(s)
+        if offset >= n:
+            offset -= n
+            continue
+        take = min(n - offset, length)
+        out.append(s[offset : offset + take])
+        length -= take
+        offset = 0
+    if length and not partial:
+        raise ShortSegments("segments end before the slice does")
+    return out
+
 
 
 class Pages:
@@ -38,7 +78,7 @@ class Pages:
         room = sum(len(p) for p in pages) - offset
         if length > room:
             raise ValueError(f"{length} bytes do not fit in {len(pages)} pages")
-        self.pages = [_view(p) for p in pages]
+        self.pages = [byte_view(p) for p in pages]
         self.offset = offset
         self.length = length
 
@@ -82,7 +122,7 @@ class Pagelist:
         self._tail_room = 0
 
     def append(self, data: Buffer) -> None:
-        src = _view(data)
+        src = byte_view(data)
         pos = 0
         n = len(src)
         while pos < n:
@@ -151,14 +191,14 @@ class BioChain:
 
     @classmethod
     def from_buffer(cls, buf: Buffer, offset: int = 0, length: int | None = None) -> BioChain:
-        mv = _view(buf)
+        mv = byte_view(buf)
         end = len(mv) if length is None else offset + length
         if offset < 0 or end > len(mv) or end < offset:
             raise ValueError("bio segment outside its buffer")
         return cls([mv[offset:end]])
 
     def append(self, buf: Buffer, offset: int = 0, length: int | None = None) -> None:
-        mv = _view(buf)
+        mv = byte_view(buf)
         end = len(mv) if length is None else offset + length
         if offset < 0 or end > len(mv) or end < offset:
             raise ValueError("bio segment outside its buffer")

@@ -16,13 +16,14 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from rbdpy.errors import RbdpyError
 
-class ClsError(Exception):
+
+class ClsError(RbdpyError):
     """A method refused: carries the errno the op reports."""
 
     def __init__(self, err: int, msg: str = "") -> None:
-        super().__init__(msg or errno.errorcode.get(err, str(err)))
-        self.errno = err
+        super().__init__(err, msg or errno.errorcode.get(err, str(err)))
 
 
 class ClsContext(Protocol):

@@ -34,9 +34,10 @@ from rbdpy.gather import gather
 from rbdpy.msgr.message import ENTITY_OSD, EntityName, Message, MsgHeader
 from rbdpy.msgr.messenger import Messenger, Peer
 from rbdpy.osd import classes
-from rbdpy.osd import ops as osdops
 from rbdpy.osd.aiosync import AioSync
 from rbdpy.osd.store import ObjectStore, StoreError, Transaction
+from rbdpy.proto import ops as osdops
+from rbdpy.proto import osdmsg
 
 log = logging.getLogger("rbdpy.osd")
 
@@ -194,7 +195,7 @@ class OSD:
                 log.error("commit failed: %s", e)
                 durable = -1
                 for p in self._pending:
-                    p.peer.send(osdops.error_reply(p.reply.tid, e.errno, epoch=self.epoch))
+                    p.peer.send(osdmsg.error_reply(p.reply.tid, e.errno, epoch=self.epoch))
                 self._pending = []
                 continue
             self.stats["commits"] += 1
@@ -251,11 +252,11 @@ class OSD:
             return
         self.stats["ops"] += 1
         try:
-            req = osdops.decode_request(msg)
+            req = osdmsg.decode_request(msg)
         except osdops.OpDecodeError as e:
             self.stats["errors"] += 1
             log.warning("bad request from %s tid %d: %s", peer.name, msg.tid, e)
-            peer.send(osdops.error_reply(msg.tid, e.errno, epoch=self.epoch))
+            peer.send(osdmsg.error_reply(msg.tid, e.errno, epoch=self.epoch))
             return
         self._execute(peer, req)
 
@@ -290,7 +291,7 @@ class OSD:
         del self.blocklist[num]  # expired (its xattr goes with the next blocklist write)
         return False
 
-    def _blocklist_add(self, peer: Peer, req: osdops.OSDRequest, op: osdops.Blocklist
+    def _blocklist_add(self, peer: Peer, req: osdmsg.OSDRequest, op: osdops.Blocklist
                        ) -> None:
         """Fence a client, durably: replied to once the entry is committed, so the fencer
         knows that no request of the fenced client is executed here any more."""
@@ -311,7 +312,7 @@ class OSD:
         log.warning("blocklisted client.%d until %d", op.client_num, op.until)
         self._reply(peer, req, 0, res.version, [(op, 0, None)], res.seq, True)
 
-    def _execute(self, peer: Peer, req: osdops.OSDRequest) -> None:
+    def _execute(self, peer: Peer, req: osdmsg.OSDRequest) -> None:
         if self.blocklist and self._fenced(req.client.num):
             self.stats["fenced"] += 1
             return self._reply(peer, req, -errno.ESHUTDOWN, 0, [], None, req.is_write)
@@ -366,7 +367,7 @@ class OSD:
             return self._reply(peer, req, -err, 0, [], None, writes)
         self._reply(peer, req, 0, version, outputs, seq, writes)
 
-    def _run_ops(self, req: osdops.OSDRequest, key: str, txn: Transaction,
+    def _run_ops(self, req: osdmsg.OSDRequest, key: str, txn: Transaction,
                  ctx: ObjectContext) -> list[tuple]:
         """Queue mutations and guards into ``txn``; reads become thunks run after apply."""
         store, out = self.store, []
@@ -439,10 +440,10 @@ class OSD:
             self.store.apply(key, txn)  # a txn of guards only evaluates, writes nothing
         return out
 
-    def _reply(self, peer: Peer, req: osdops.OSDRequest, result: int, version: int,
+    def _reply(self, peer: Peer, req: osdmsg.OSDRequest, result: int, version: int,
                outputs: list, seq: int | None, write: bool) -> None:
         """Reads get one reply; writes an ack now and a commit after the fsync covering them."""
-        encode = osdops.encode_reply
+        encode = osdmsg.encode_reply
         if not write or seq is None or seq <= self.store.committed_seq():
             peer.send(encode(tid=req.tid, result=result, version=version, flags=_BOTH,
                              epoch=self.epoch, attempt=req.attempt, op_results=outputs))

@@ -81,6 +81,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rbdpy.crc import Buffer, crc32c
+from rbdpy.errors import RbdpyError
 
 log = logging.getLogger("rbdpy.osd.store")
 
@@ -94,13 +95,8 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(RbdpyError):
     """A store failure with an ``errno`` the OSD can put in its reply."""
-
-    def __init__(self, err: int, msg: str = "") -> None:
-        self.errno = err
-        self.strerror = msg or os.strerror(err)
-        super().__init__(err, self.strerror)
 
     def __str__(self) -> str:
         return f"[{errno.errorcode.get(self.errno, self.errno)}] {self.strerror}"

@@ -39,10 +39,11 @@ import numpy as np
 import trio
 
 from rbdpy.client.objecter import Objecter, OSDError, Request
+from rbdpy.errors import RbdpyError
 from rbdpy.gather import gather
 from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
-from rbdpy.osd import ops as O
-from rbdpy.osd.ops import slice_segments
+from rbdpy.msgr.payload import slice_segments
+from rbdpy.proto import ops as O
 from rbdpy.rbd.layout import Layout, ObjectExtent, map_extents
 from rbdpy.rbd.lock import ImageLock, LockBusy
 
@@ -56,12 +57,8 @@ MAX_DIRTY = 32 << 20  # write-back: bytes sent but not yet committed (librbd: 24
 POST_MAX = POOL_MIN  # write-back writes up to this size may be posted (see ``postable``)
 
 
-class ImageError(Exception):
+class ImageError(RbdpyError):
     """A user-facing image error with an errno (ENOENT, EEXIST, EINVAL, EBUSY…)."""
-
-    def __init__(self, err: int, msg: str) -> None:
-        super().__init__(msg)
-        self.errno = err
 
 
 def header_oid(image_id: str) -> str:

@@ -41,7 +41,7 @@ import trio
 
 from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.gather import gather
-from rbdpy.osd import ops as O
+from rbdpy.proto import ops as O
 
 log = logging.getLogger("rbdpy.rbd")
 

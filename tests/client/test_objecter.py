@@ -13,8 +13,9 @@ import trio
 from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message
 from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
-from rbdpy.osd import ops as O
 from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.proto import ops as O
+from rbdpy.proto import osdmsg as M
 
 if TYPE_CHECKING:
     from tests.conftest import OSDProc
@@ -175,14 +176,14 @@ async def test_resent_request_is_answered_not_reapplied_even_after_a_crash(
 
     async def on_msg(peer: Peer, msg: Message) -> None:
         nonlocal arrived
-        rep = O.decode_reply(msg, [dir_add(0)])
+        rep = M.decode_reply(msg, [dir_add(0)])
         if rep.flags & O.FLAG_COMMIT:
             replies[(msg.tid, rep.attempt)] = msg
         arrived.set()
         arrived = trio.Event()
 
     def req(tid: int, attempt: int, i: int) -> Message:
-        return O.encode_request([dir_add(i)], tid=tid, client=me, incarnation=99, epoch=1,
+        return M.encode_request([dir_add(i)], tid=tid, client=me, incarnation=99, epoch=1,
                                 pool=POOL, oid=DIR, flags=O.FLAG_WRITE | O.FLAG_ACK |
                                 O.FLAG_COMMIT, attempt=attempt)
 
@@ -197,7 +198,7 @@ async def test_resent_request_is_answered_not_reapplied_even_after_a_crash(
                 while not all(k in replies for k in keys):
                     await arrived.wait()
             m.shutdown()
-        return [O.decode_reply(replies[k], [dir_add(0)]).result for k in keys]
+        return [M.decode_reply(replies[k], [dir_add(0)]).result for k in keys]
 
     assert await exchange([req(1, 0, 1), req(1, 1, 1), req(2, 0, 2)]) == [0, 0, 0]
     osd.kill9()
@@ -209,7 +210,7 @@ async def test_resent_request_is_answered_not_reapplied_even_after_a_crash(
 
 
 def test_attempt_sits_at_the_end_of_the_request_head() -> None:
-    msg = O.encode_request([O.Stat()], tid=1, client=EntityName(1, 1), incarnation=1,
+    msg = M.encode_request([O.Stat()], tid=1, client=EntityName(1, 1), incarnation=1,
                            epoch=1, pool=1, oid="o", flags=0, attempt=0xABCD)
     assert struct.unpack_from("<I", msg.front, ATTEMPT_AT)[0] == 0xABCD
 

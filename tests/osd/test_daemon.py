@@ -15,7 +15,9 @@ import trio
 from rbdpy.client.objecter import Objecter, OSDError
 from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message
 from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
-from rbdpy.osd import ops as O
+from rbdpy.msgr.payload import BioChain
+from rbdpy.proto import ops as O
+from rbdpy.proto import osdmsg as M
 from rbdpy.testing import connected
 
 POOL = 1
@@ -417,11 +419,11 @@ async def test_malformed_requests_get_error_replies(osd) -> None:  # noqa: ANN00
 
     me = EntityName(ENTITY_CLIENT, 777)
     kw = dict(client=me, incarnation=1, epoch=1, pool=POOL, flags=O.FLAG_READ)
-    good = O.encode_request([O.Read(0, 1)], tid=1, oid="x", **kw)
+    good = M.encode_request([O.Read(0, 1)], tid=1, oid="x", **kw)
     unknown = bytearray(good.front)
     struct.pack_into("<H", unknown, O._REQ_HEAD.size + 4 + 1 + 8 + 4 + 2, 999)
-    huge = O.encode_request([O.Stat()], tid=1, oid="h" * (1 << 20), **kw)
-    w = O.encode_request([O.Write(0, b"abcdef")], tid=1, oid="x", **kw)
+    huge = M.encode_request([O.Stat()], tid=1, oid="h" * (1 << 20), **kw)
+    w = M.encode_request([O.Write(0, b"abcdef")], tid=1, oid="x", **kw)
     too_many = bytearray(good.front)
     struct.pack_into("<H", too_many, O._REQ_HEAD.size + 4 + 1 + 8 + 4, O.MAX_OPS + 1)
     unknown_byte = bytearray(good.front)
@@ -431,7 +433,7 @@ async def test_malformed_requests_get_error_replies(osd) -> None:  # noqa: ANN00
         102: (Message(type=O.MSG_OSD_OP, front=bytes(unknown)), errno.EOPNOTSUPP),
         103: (Message(type=O.MSG_OSD_OP, front=huge.front), errno.EINVAL),
         104: (Message(type=O.MSG_OSD_OP, front=bytes(good.front[:30])), errno.EBADMSG),
-        105: (Message(type=O.MSG_OSD_OP, front=w.front, data=O.BioChain([b"abc"])),
+        105: (Message(type=O.MSG_OSD_OP, front=w.front, data=BioChain([b"abc"])),
               errno.EBADMSG),  # 3 data bytes where the op says 6
         106: (Message(type=O.MSG_OSD_OP, front=bytes(too_many)), errno.EINVAL),
         107: (Message(type=O.MSG_OSD_OP, front=random.Random(1).randbytes(3000)), None),
@@ -448,19 +450,19 @@ async def test_malformed_requests_get_error_replies(osd) -> None:  # noqa: ANN00
             while not set(cases) <= set(replies):
                 await arrived.wait()
             for tid, (_msg, err) in cases.items():
-                rep = O.decode_reply(replies[tid], [])
+                rep = M.decode_reply(replies[tid], [])
                 assert rep.flags & O.FLAG_ACK and rep.flags & O.FLAG_COMMIT
                 if err is None:
                     assert rep.result < 0
                 else:
                     assert rep.result == -err, (tid, rep.result)
             # the same session still works for a well-formed request
-            ok = O.encode_request([O.Write(0, b"still")], tid=200, oid="alive",
+            ok = M.encode_request([O.Write(0, b"still")], tid=200, oid="alive",
                                   **{**kw, "flags": O.FLAG_WRITE | O.FLAG_ACK})
             peer.send(ok)
             while 200 not in replies:
                 await arrived.wait()
-            assert O.decode_reply(replies[200], [O.Write(0, b"")]).result == 0
+            assert M.decode_reply(replies[200], [O.Write(0, b"")]).result == 0
         m.shutdown()
     assert h.running
     async with client(port) as obj:  # and another client is served
@@ -542,7 +544,7 @@ async def test_a_write_waiting_for_its_commit_gets_one_reply_with_its_outputs(os
         dispatch = obj.dispatch
 
         async def counting(peer: Peer, msg: Message) -> None:
-            replies.append((msg.tid, O.decode_reply(msg, obj.inflight[msg.tid].ops).flags
+            replies.append((msg.tid, M.decode_reply(msg, obj.inflight[msg.tid].ops).flags
                             if msg.tid in obj.inflight else -1))
             await dispatch(peer, msg)
 

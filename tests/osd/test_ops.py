@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rbdpy.msgr.message import EntityName, Message
-from rbdpy.msgr.payload import BioChain, Pages
-from rbdpy.osd import ops as O
+from rbdpy.msgr.payload import BioChain, Pages, byte_views
+from rbdpy.proto import ops as O
+from rbdpy.proto import osdmsg as M
 
 SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -78,7 +79,7 @@ def norm(op: O.Op) -> tuple:
     for f in dataclasses.fields(op):
         v = getattr(op, f.name)
         if f.name == "data":
-            v = b"".join(bytes(s) for s in O._views(v))
+            v = b"".join(bytes(s) for s in byte_views(v))
         elif isinstance(v, bytearray | memoryview):
             v = bytes(v)
         vals.append((f.name, v))
@@ -143,7 +144,7 @@ REQ = st.fixed_dictionaries({
 
 def request(ops: list[O.Op], tid: int = 11, **kw: object) -> Message:
     args = {**HEAD, "oid": "rbd_data.1.0", "snapc": (4, [4, 2]), **kw}
-    return O.encode_request(ops, tid=tid, **args)  # type: ignore[arg-type]
+    return M.encode_request(ops, tid=tid, **args)  # type: ignore[arg-type]
 
 
 def first_op_at(oid: str = "rbd_data.1.0", nsnaps: int = 2) -> int:
@@ -153,7 +154,7 @@ def first_op_at(oid: str = "rbd_data.1.0", nsnaps: int = 2) -> int:
 
 def expect(exc_type: type[O.OpDecodeError], err: int, msg: Message) -> O.OpDecodeError:
     with pytest.raises(exc_type) as ei:
-        O.decode_request(msg)
+        M.decode_request(msg)
     assert ei.value.errno == err, ei.value
     assert ei.value.tid == msg.tid
     return ei.value
@@ -173,10 +174,10 @@ def patched(msg: Message, at: int, fmt: str, value: int) -> Message:
 @given(ops=st.lists(OP, max_size=O.MAX_OPS), kw=REQ, sizes=SIZES, cuts=CUTS)
 def test_request_round_trips_at_any_segmentation(ops: list[O.Op], kw: dict, sizes: list[int],
                                                  cuts: list[int] | None) -> None:
-    msg = O.encode_request(ops, **kw)
+    msg = M.encode_request(ops, **kw)
     assert msg.type == O.MSG_OSD_OP and msg.tid == kw["tid"]
     chunks, rx = rechunk(msg, sizes, cuts)
-    req = O.decode_request(rx)
+    req = M.decode_request(rx)
     for k in ("tid", "client", "incarnation", "epoch", "pool", "flags", "oid", "snapid",
               "attempt"):
         assert getattr(req, k) == kw[k], k
@@ -205,7 +206,7 @@ def test_request_received_into_pages() -> None:
     for seg in pages.segments():
         seg[:] = wire[pos : pos + len(seg)]
         pos += len(seg)
-    req = O.decode_request(Message(type=O.MSG_OSD_OP, tid=11, front=msg.front, data=pages))
+    req = M.decode_request(Message(type=O.MSG_OSD_OP, tid=11, front=msg.front, data=pages))
     assert [norm(o) for o in req.ops] == [norm(o) for o in ops]
     assert all(any(v.obj is p.obj for p in pages.pages) for v in req.ops[0].data)
 
@@ -249,7 +250,7 @@ def test_decoded_payloads_are_views_of_the_received_data(body: bytes, sizes: lis
                                                           ) -> None:
     msg = request([O.SetXattr("k", b"v"), O.Write(5, body), O.WriteFull(body)])
     chunks, rx = rechunk(msg, sizes)
-    req = O.decode_request(rx)
+    req = M.decode_request(rx)
     for op in req.ops[1:]:
         assert b"".join(op.data) == body and all(in_chunks(v, chunks) for v in op.data)
     # flip the first received byte: the decoded write shows it (it was never copied)
@@ -313,9 +314,9 @@ def op_results(draw: st.DrawFn) -> list[tuple[O.Op, int, object]]:
 
 def plain(op: O.Op, out: object) -> object:
     if isinstance(op, O.Read):
-        return b"".join(bytes(s) for s in O._views(out))
+        return b"".join(bytes(s) for s in byte_views(out))
     if isinstance(op, O.SparseRead):
-        return [tuple(e) for e in out[0]], b"".join(bytes(s) for s in O._views(out[1]))
+        return [tuple(e) for e in out[0]], b"".join(bytes(s) for s in byte_views(out[1]))
     if isinstance(op, O.ListObjects):
         return list(out[0]), out[1]
     return out
@@ -331,11 +332,11 @@ def test_reply_round_trips_at_any_segmentation(res: list, tid: int, result: int,
                                                cuts: list[int] | None,
                                                with_results: bool) -> None:
     ops = [op for op, _r, _o in res]
-    msg = O.encode_reply(tid=tid, result=result, version=version, flags=flags, epoch=epoch,
+    msg = M.encode_reply(tid=tid, result=result, version=version, flags=flags, epoch=epoch,
                          attempt=attempt, op_results=res if with_results else [])
     assert msg.type == O.MSG_OSD_OPREPLY and msg.trail is None
     chunks, rx = rechunk(msg, sizes, cuts)
-    rep = O.decode_reply(rx, ops)
+    rep = M.decode_reply(rx, ops)
     assert (rep.tid, rep.result, rep.version, rep.flags, rep.epoch, rep.attempt) == (
         tid, result, version, flags, epoch, attempt)
     if not with_results:  # e.g. a commit or an error reply
@@ -362,10 +363,10 @@ def test_reply_round_trips_at_any_segmentation(res: list, tid: int, result: int,
 def test_a_commit_after_an_ack_and_an_error_carry_no_results() -> None:
     """(A commit the client asked for without an ack carries them: see test_daemon.)"""
     ops = [O.Write(0, b"x"), O.Stat()]
-    rep = O.decode_reply(O.encode_reply(tid=3, result=0, version=9, flags=O.FLAG_COMMIT,
+    rep = M.decode_reply(M.encode_reply(tid=3, result=0, version=9, flags=O.FLAG_COMMIT,
                                         epoch=1, attempt=0, op_results=[]), ops)
     assert rep.results == [] and rep.flags == O.FLAG_COMMIT and rep.version == 9
-    rep = O.decode_reply(O.error_reply(3, errno.ENOENT, epoch=5, attempt=2), ops)
+    rep = M.decode_reply(M.error_reply(3, errno.ENOENT, epoch=5, attempt=2), ops)
     assert (rep.result, rep.flags, rep.epoch, rep.attempt) == (
         -errno.ENOENT, O.FLAG_ACK | O.FLAG_COMMIT, 5, 2)
 
@@ -373,13 +374,13 @@ def test_a_commit_after_an_ack_and_an_error_carry_no_results() -> None:
 def test_failed_ops_outputs_are_dropped_and_empty_values_kept() -> None:
     ops = [O.Read(0, 10), O.GetXattr("k"), O.Call("c", "m", b""), O.Stat(), O.Read(0, 0),
            O.Write(0, b"x")]
-    msg = O.encode_reply(tid=1, result=-errno.ENOENT, version=0, flags=O.FLAG_ACK, epoch=1,
+    msg = M.encode_reply(tid=1, result=-errno.ENOENT, version=0, flags=O.FLAG_ACK, epoch=1,
                          attempt=0, op_results=[(ops[0], -errno.ENOENT, b"junk"),
                                                 (ops[1], 0, b""), (ops[2], 0, b""),
                                                 (ops[3], -errno.ENOENT, None),
                                                 (ops[4], 0, b""), (ops[5], 0, None)])
     assert msg.data is None
-    assert [r.out for r in O.decode_reply(msg, ops).results] == [None, b"", b"", None, [],
+    assert [r.out for r in M.decode_reply(msg, ops).results] == [None, b"", b"", None, [],
                                                                  None]
 
 
@@ -412,16 +413,16 @@ def test_a_single_read_lands_in_the_readers_buffer(got_len: int) -> None:
     reader = bytearray(12000)
     dests = [memoryview(reader)[10:5000], memoryview(reader)[6000:10010]]  # 9000 bytes
     ops = [O.Read(123, 9000)]
-    assert O.bulk_layout(ops) == [9000]
+    assert M.bulk_layout(ops) == [9000]
     data = random.Random(got_len).randbytes(got_len)
-    reply = O.encode_reply(tid=8, result=0, version=1, flags=O.FLAG_ACK, epoch=1, attempt=0,
+    reply = M.encode_reply(tid=8, result=0, version=1, flags=O.FLAG_ACK, epoch=1, attempt=0,
                            op_results=[(ops[0], 0, data)])
-    offered = O.landing_segments(ops, [dests], reply.data_len)
+    offered = M.landing_segments(ops, [dests], reply.data_len)
     if not got_len:
         assert offered is None and reply.data is None
         return
     assert sum(len(s) for s in offered) == got_len and all(s.obj is reader for s in offered)
-    rep = O.decode_reply(receive_into(reply, offered), ops)
+    rep = M.decode_reply(receive_into(reply, offered), ops)
     out = rep.results[0].out
     assert b"".join(out) == data and all(v.obj is reader for v in out)
     assert bytes(reader[10 : 10 + min(got_len, 4990)]) == data[:4990]
@@ -431,30 +432,30 @@ def test_landing_segments_for_vectors() -> None:
     a, b = bytearray(100), bytearray(50)
     ma, mb = memoryview(a), memoryview(b)
     ops = [O.Stat(), O.Read(0, 60), O.GetXattr("k"), O.Read(0, 50), O.SparseRead(0, 10)]
-    assert O.bulk_layout(ops) == [0, 60, 0, 50, 10]
+    assert M.bulk_layout(ops) == [0, 60, 0, 50, 10]
     dests = [None, [ma], None, [mb[:20], mb[20:]], None]
     # bytes land in place when the first read is full, and are still right when it is short
     for first in (b"1" * 60, b"1" * 7):
-        reply = O.encode_reply(tid=1, result=0, version=1, flags=O.FLAG_ACK, epoch=1,
+        reply = M.encode_reply(tid=1, result=0, version=1, flags=O.FLAG_ACK, epoch=1,
                                attempt=0, op_results=[(ops[0], 0, O.StatResult(1, 2.0, 3)),
                                                       (ops[1], 0, first),
                                                       (ops[2], 0, b"v"),
                                                       (ops[3], 0, b"2" * 50),
                                                       (ops[4], 0, ([(0, 2)], b"ss"))])
-        segs = O.landing_segments(ops, dests, reply.data_len)
+        segs = M.landing_segments(ops, dests, reply.data_len)
         assert sum(len(s) for s in segs) == reply.data_len
         assert [s.obj for s in segs[:-1]] == [a, b, b][: len(segs) - 1]
-        rep = O.decode_reply(receive_into(reply, segs), ops)
+        rep = M.decode_reply(receive_into(reply, segs), ops)
         outs = [r.out for r in rep.results]
         assert b"".join(outs[1]) == first and b"".join(outs[3]) == b"2" * 50
         assert outs[4] == ([(0, 2)], [b"ss"]) and outs[2] == b"v"
         assert all(v.obj is a for v in outs[1])
         assert all(v.obj is b for v in outs[3]) == (len(first) == 60)
     # nothing placeable: a sparse read first, no destinations
-    assert O.landing_segments([O.SparseRead(0, 5), O.Read(0, 5)], [None, [mb]], 9) is None
-    assert O.landing_segments(ops, [None] * 5, 100) is None
+    assert M.landing_segments([O.SparseRead(0, 5), O.Read(0, 5)], [None, [mb]], 9) is None
+    assert M.landing_segments(ops, [None] * 5, 100) is None
     # a too small first destination: placed as far as it goes, the rest in scratch
-    segs = O.landing_segments([O.Read(0, 200), O.Read(0, 5)], [[ma], [mb]], 205)
+    segs = M.landing_segments([O.Read(0, 200), O.Read(0, 5)], [[ma], [mb]], 205)
     assert [len(s) for s in segs] == [100, 105] and segs[0].obj is a
 
 
@@ -509,7 +510,7 @@ def test_unknown_and_reserved_opcodes_are_eopnotsupp_with_tid_and_attempt(
     if opcode == O.OP_ROLLBACK:
         assert "rollback" in str(e)
     # the daemon answers with that errno, the tid and the attempt
-    rep = O.decode_reply(O.decode_error_reply(msg, e, epoch=6), ops)
+    rep = M.decode_reply(M.decode_error_reply(msg, e, epoch=6), ops)
     assert (rep.tid, rep.result, rep.attempt, rep.epoch) == (tid, -errno.EOPNOTSUPP, 5, 6)
 
 
@@ -597,7 +598,7 @@ def bad_reply(ops: list[O.Op], front: bytes, data: bytes = b"") -> O.OpDecodeErr
     msg = Message(type=O.MSG_OSD_OPREPLY, tid=31, front=front,
                   data=BioChain([data]) if data else None)
     with pytest.raises(O.OpDecodeError) as ei:
-        O.decode_reply(msg, ops)
+        M.decode_reply(msg, ops)
     assert ei.value.tid == 31 and ei.value.errno == errno.EBADMSG
     return ei.value
 
@@ -622,7 +623,7 @@ def test_malformed_replies() -> None:
                                             + struct.pack("<I", 0))]))
     nonext = struct.pack("<IBI", 0, 0, 1) + b"x"  # "no next page" with a marker
     bad_reply([O.ListObjects()], reply_front([(0, 0, nonext)]))
-    good = O.encode_reply(tid=31, result=0, version=1, flags=O.FLAG_ACK, epoch=1, attempt=0,
+    good = M.encode_reply(tid=31, result=0, version=1, flags=O.FLAG_ACK, epoch=1, attempt=0,
                           op_results=[(stat, 0, O.StatResult(1, 2.0, 3)), (read, 0, b"abc")])
     for cut in range(len(good.front)):
         bad_reply([stat, read], bytes(good.front[:cut]), b"abc")
@@ -638,7 +639,7 @@ def test_random_requests_raise_only_typed_errors(front: bytes, data: bytes, tid:
     msg = Message(type=O.MSG_OSD_OP, tid=tid, front=front,
                   data=BioChain([data]) if data else None)
     try:
-        O.decode_request(msg)
+        M.decode_request(msg)
     except O.OpDecodeError as e:
         assert e.errno in DECODE_ERRNOS and e.tid == tid
 
@@ -649,7 +650,7 @@ def typed_error(front: bytes, wire: bytes, tid: int, sizes: list[int] | None = N
     _, rx = rechunk(Message(type=O.MSG_OSD_OP, tid=tid, front=front,
                             data=BioChain([wire]) if wire else None), sizes or [])
     try:
-        O.decode_request(rx)
+        M.decode_request(rx)
     except O.OpDecodeError as e:
         assert e.errno in DECODE_ERRNOS and e.tid == tid, e
         return e
@@ -660,7 +661,7 @@ def typed_error(front: bytes, wire: bytes, tid: int, sizes: list[int] | None = N
 @given(ops=st.lists(OP, min_size=1, max_size=8), kw=REQ, data=st.data())
 def test_mutated_requests_raise_only_typed_errors(ops: list[O.Op], kw: dict,
                                                   data: st.DataObject) -> None:
-    msg = O.encode_request(ops, **kw)
+    msg = M.encode_request(ops, **kw)
     tid, wire = kw["tid"], msg.data_bytes()
     # any strict prefix of a front is truncated; a data section one byte short or long too
     cut = data.draw(st.integers(0, len(msg.front) - 1))
@@ -682,7 +683,7 @@ def test_mutated_requests_raise_only_typed_errors(ops: list[O.Op], kw: dict,
 def test_random_and_mutated_replies_raise_only_typed_errors(res: list, data: st.DataObject
                                                             ) -> None:
     ops = [op for op, _r, _o in res]
-    msg = O.encode_reply(tid=23, result=0, version=1, flags=O.FLAG_ACK, epoch=1, attempt=0,
+    msg = M.encode_reply(tid=23, result=0, version=1, flags=O.FLAG_ACK, epoch=1, attempt=0,
                          op_results=res)
     front = bytearray(msg.front)
     wire = msg.data_bytes()
@@ -696,7 +697,7 @@ def test_random_and_mutated_replies_raise_only_typed_errors(res: list, data: st.
     rx = Message(type=O.MSG_OSD_OPREPLY, tid=23, front=bytes(front),
                  data=BioChain([wire]) if wire else None)
     try:
-        O.decode_reply(rx, ops)
+        M.decode_reply(rx, ops)
     except O.OpDecodeError as e:
         assert e.errno == errno.EBADMSG and e.tid == 23
 
@@ -754,14 +755,14 @@ def test_one_op_fast_path_agrees_with_the_general_decoder(
         flips: list) -> None:
     """Single-op requests without snap ids take a one-pass decoder: it must give exactly what
     the general one gives, for intact and for damaged fronts alike."""
-    msg = O.encode_request([op], tid=tid, client=CLIENT, incarnation=9, epoch=3, pool=2,
+    msg = M.encode_request([op], tid=tid, client=CLIENT, incarnation=9, epoch=3, pool=2,
                            oid=oid, flags=flags, snapc=(seq, []), attempt=1)
     _, rx = rechunk(msg, sizes)
     if not flips:
-        assert O._decode_simple(rx) is not None or op.TRAIL_LIMITS
+        assert M._decode_simple(rx) is not None or op.TRAIL_LIMITS
     front = bytearray(rx.front)
     for pos, val in flips:
         if pos < len(front):
             front[pos] = val
     rx.front = bytes(front)
-    assert _outcome(O.decode_request, rx) == _outcome(O._decode_general, rx)
+    assert _outcome(M.decode_request, rx) == _outcome(M._decode_general, rx)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message
 from rbdpy.msgr.payload import BioChain
-from rbdpy.osd import ops as O
 from rbdpy.osd.daemon import OSD, REQID_CLIENTS, REQID_KEEP, REQID_PREFIX
+from rbdpy.proto import ops as O
+from rbdpy.proto import osdmsg as M
 
 KEY = "1.obj"
 
@@ -42,15 +43,15 @@ def crash(osd: OSD) -> OSD:
 def send(osd: OSD, ops: list[O.Op], tid: int, client: int = 1, attempt: int = 0,
          oid: str = "obj") -> int:
     """Execute one request as the messenger would hand it over; the ack's result."""
-    msg = O.encode_request(ops, tid=tid, client=EntityName(ENTITY_CLIENT, client),
+    msg = M.encode_request(ops, tid=tid, client=EntityName(ENTITY_CLIENT, client),
                            incarnation=7, epoch=1, pool=1, oid=oid,
                            flags=O.FLAG_WRITE | O.FLAG_ACK | O.FLAG_COMMIT, attempt=attempt)
     if msg.data is not None:  # received data arrives as one fresh buffer
         msg.data = BioChain([memoryview(bytearray(msg.data_bytes()))])
         msg.trail = None
     peer = Peer()
-    osd._execute(peer, O.decode_request(msg))
-    return O.decode_reply(peer.sent[0], ops).result
+    osd._execute(peer, M.decode_request(msg))
+    return M.decode_reply(peer.sent[0], ops).result
 
 
 def logs(osd: OSD) -> list[str]:
