@@ -11,7 +11,7 @@ from rbdpy.testing import new_image
 
 
 @asynccontextmanager
-async def fresh_image(osd_process, size: int, order: int):  # noqa: ANN001, ANN201
+async def fresh_image(osd_process, size: int, order: int):
     """A new image on a fresh one-OSD cluster, with the objecter driving it (60 s bound)."""
     osd = osd_process()
     osd.start()
@@ -19,7 +19,7 @@ async def fresh_image(osd_process, size: int, order: int):  # noqa: ANN001, ANN2
         yield obj, img
 
 
-async def test_short_object_and_holes_read_as_zeros_in_a_dirty_buffer(osd_process) -> None:  # noqa: ANN001
+async def test_short_object_and_holes_read_as_zeros_in_a_dirty_buffer(osd_process) -> None:
     async with fresh_image(osd_process, 8 << 20, order=20) as (obj, img):
         await img.write(5000, memoryview(b"x" * 100), fua=True)  # object 0 ends at 5100
         buf = bytearray(b"\xff" * (3 << 20))  # objects 0 (short), 1 and 2 (holes)
@@ -33,7 +33,7 @@ async def test_short_object_and_holes_read_as_zeros_in_a_dirty_buffer(osd_proces
         assert one == want[4096:4096 + 8192]
 
 
-async def test_large_writes_recycle_their_copies_without_mixing_data(osd_process) -> None:  # noqa: ANN001
+async def test_large_writes_recycle_their_copies_without_mixing_data(osd_process) -> None:
     chunk = 192 << 10
     async with fresh_image(osd_process, 64 << 20, order=22) as (obj, img):
         want = bytearray(64 << 20)
@@ -58,7 +58,7 @@ async def test_large_writes_recycle_their_copies_without_mixing_data(osd_process
         assert img.copied_bytes == 200 * chunk
 
 
-async def test_callback_path_reads_and_writes_like_the_coroutines(osd_process) -> None:  # noqa: ANN001
+async def test_callback_path_reads_and_writes_like_the_coroutines(osd_process) -> None:
     """start_read/start_write (the NBD plugin's path) against the same OSD: holes answer at
     once with zeros, ranges across objects and first writes to an object are declined (the
     coroutine path handles them), FUA completes only once durable, bad ranges raise."""
