@@ -24,9 +24,10 @@ import signal
 import struct
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import trio
 
@@ -40,6 +41,7 @@ from rbdpy.proto import ops as osdops
 from rbdpy.proto import osdmsg
 
 log = logging.getLogger("rbdpy.osd")
+T = TypeVar("T")
 
 REQID_PREFIX = "_rq."  # + "<type>.<num>.<incarnation>": that client's log on the object
 REQID_KEEP = 128  # per client incarnation and object: must cover its writes in flight there
@@ -161,8 +163,8 @@ class OSD:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED
-                    ) -> None:  # noqa: ANN001
+    async def serve(self, host: str, port: int, *,
+                    task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with Messenger(self.name, self) as msgr:
             self.msgr = msgr
             addr = await msgr.listen(host, port)
@@ -622,11 +624,12 @@ class _ClientIds:
         return out
 
 
-def _bind(fn, *args):  # noqa: ANN001, ANN202
+def _bind(fn: Callable[..., T], *args: object) -> Callable[[], T]:
     return lambda: fn(*args)
 
 
-def _reader(store: ObjectStore, key: str, offset: int, length: int):  # noqa: ANN202
+def _reader(store: ObjectStore, key: str, offset: int, length: int
+            ) -> Callable[[], bytes | int]:
     return lambda: store.read(key, offset, length)
 
 

@@ -24,7 +24,7 @@ POOL = 1
 BS = 4096
 
 
-def client(port: int, timeout: float = 30, *, client_id: int | None = None):  # noqa: ANN201
+def client(port: int, timeout: float = 30, *, client_id: int | None = None):
     return connected(port, timeout, client_id=client_id)
 
 
@@ -33,7 +33,7 @@ async def read(obj: Objecter, oid: str, off: int, n: int) -> bytes:
     return b"".join(bytes(s) for s in r.results[0].out or [])
 
 
-async def expect_err(err: int, coro) -> None:  # noqa: ANN001
+async def expect_err(err: int, coro) -> None:
     with pytest.raises(OSDError) as ei:
         await coro
     assert ei.value.errno == err, ei.value
@@ -42,7 +42,7 @@ async def expect_err(err: int, coro) -> None:  # noqa: ANN001
 # ---- every op -------------------------------------------------------------------------------
 
 
-async def test_every_op(osd) -> None:  # noqa: ANN001
+async def test_every_op(osd) -> None:
     port = osd.port
     async with client(port) as obj:
         s = POOL
@@ -197,7 +197,7 @@ async def test_every_op(osd) -> None:  # noqa: ANN001
         await obj.flush()
 
 
-async def test_failing_guard_leaves_the_whole_vector_unapplied(osd) -> None:  # noqa: ANN001
+async def test_failing_guard_leaves_the_whole_vector_unapplied(osd) -> None:
     port = osd.port
     async with client(port) as obj:
         await obj.submit(POOL, "g", [O.Write(0, b"before" * 1000), O.SetXattr("k", b"v")],
@@ -298,7 +298,7 @@ class CrashModel:
         await obj.flush()
         self.flushed.update(snap)
 
-    async def crash_round(self, port: int, h, seed: int) -> None:  # noqa: ANN001
+    async def crash_round(self, port: int, h, seed: int) -> None:
         rnd, seq_rnd = random.Random(seed), random.Random(seed + 1000)
         flushed_enough = [trio.Event(), trio.Event()]
         self.latest = {}  # writes cut off by the last kill were never acked: not flushed
@@ -332,7 +332,7 @@ class CrashModel:
 
 
 @pytest.fixture(params=["aio", "thread"])
-def osd_either_sync(request, osd_process, monkeypatch):  # noqa: ANN001, ANN201
+def osd_either_sync(request, osd_process, monkeypatch):
     """An OSD whose group commits are synced through Linux AIO, or in a worker thread (its
     fallback); the log says which it uses."""
     if request.param == "thread":
@@ -345,7 +345,7 @@ def osd_either_sync(request, osd_process, monkeypatch):  # noqa: ANN001, ANN201
     return o
 
 
-async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd_either_sync) -> None:  # noqa: ANN001
+async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd_either_sync) -> None:
     port, h = osd_either_sync.port, osd_either_sync
     model = CrashModel(3, 48)
     for seed in range(3):
@@ -358,7 +358,7 @@ async def test_kill9_keeps_flushed_writes_and_tears_nothing(osd_either_sync) -> 
     assert any(k[0] == model.seq for k in model.flushed), "no one-at-a-time write flushed"
 
 
-async def test_flipped_byte_is_eio_and_other_objects_still_served(osd) -> None:  # noqa: ANN001
+async def test_flipped_byte_is_eio_and_other_objects_still_served(osd) -> None:
     port, data, h = osd.port, osd.data, osd
     blocks = [bytes([65 + i]) * BS for i in range(3)]
     async with client(port) as obj:
@@ -389,7 +389,7 @@ async def test_flipped_byte_is_eio_and_other_objects_still_served(osd) -> None: 
     assert h.running
 
 
-async def test_sigterm_commits_and_exits_zero(osd) -> None:  # noqa: ANN001
+async def test_sigterm_commits_and_exits_zero(osd) -> None:
     port, h = osd.port, osd
     payload = {i: os.urandom(BS + i) for i in range(40)}
     async with client(port) as obj:
@@ -406,7 +406,7 @@ async def test_sigterm_commits_and_exits_zero(osd) -> None:  # noqa: ANN001
 # ---- malformed requests ---------------------------------------------------------------------
 
 
-async def test_malformed_requests_get_error_replies(osd) -> None:  # noqa: ANN001
+async def test_malformed_requests_get_error_replies(osd) -> None:
     port, h = osd.port, osd
     replies: dict[int, Message] = {}
     arrived = trio.Event()
@@ -472,7 +472,7 @@ async def test_malformed_requests_get_error_replies(osd) -> None:  # noqa: ANN00
 # ---- concurrency ----------------------------------------------------------------------------
 
 
-async def test_concurrent_unaligned_writes_lose_no_update(osd) -> None:  # noqa: ANN001
+async def test_concurrent_unaligned_writes_lose_no_update(osd) -> None:
     port = osd.port
     rnd = random.Random(7)
     size = 600_000
@@ -535,7 +535,7 @@ async def test_concurrent_unaligned_writes_lose_no_update(osd) -> None:  # noqa:
 
 
 
-async def test_a_write_waiting_for_its_commit_gets_one_reply_with_its_outputs(osd) -> None:  # noqa: ANN001
+async def test_a_write_waiting_for_its_commit_gets_one_reply_with_its_outputs(osd) -> None:
     """Writes submitted with wait_commit ask for no ack (as Ceph clients ask only for
     ONDISK): the OSD sends the commit alone, and it carries the op outputs the ack would
     have carried; a write that waits only for the ack still gets both replies."""
@@ -564,7 +564,7 @@ async def test_a_write_waiting_for_its_commit_gets_one_reply_with_its_outputs(os
         assert sorted(f for _, f in replies) == [O.FLAG_ACK, O.FLAG_COMMIT]
 
 
-async def test_a_blocklisted_client_is_refused_everything_until_it_expires(osd) -> None:  # noqa: ANN001
+async def test_a_blocklisted_client_is_refused_everything_until_it_expires(osd) -> None:
     """Fencing (``Blocklist``): once the fencer has the (committed) reply, every request of
     that client fails with ESHUTDOWN, reads too, across an OSD restart; others are served."""
     now = int(time.time())
