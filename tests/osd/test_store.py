@@ -433,7 +433,7 @@ def test_forged_record_in_write_data_is_not_replayed(tmp_path):
     boundary; a record forged in that data (valid magic, seq and crcs) must not replay."""
     import struct
 
-    import rbdpy.osd.store as sm
+    import rbdpy.osd.store.objectstore as sm
     from rbdpy.crc import crc32c
 
     payload = b"".join(bytes(b) for b in sm._encode_txn(
@@ -637,7 +637,7 @@ def test_enospc_in_journal(tmp_path, monkeypatch, partial):
 
 
 def test_enospc_in_data_preallocation(tmp_path, monkeypatch):
-    import rbdpy.osd.store as store_mod
+    import rbdpy.osd.store.objectstore as store_mod
 
     s = ObjectStore(tmp_path / "s")
     s.apply("a", Transaction().write(0, b"a" * BS))
