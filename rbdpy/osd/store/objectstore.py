@@ -536,7 +536,6 @@ class ObjectStore:
         self._max_fds = max(4, max_open_files)
         self._bs = block_size
         self._zero = memoryview(bytes(block_size))
-        self._zero_crc = crc32c(self._zero)
         self._objs: dict[str, _Obj] = {}
         self._sorted: list[str] = []
         self._fds: OrderedDict[str, int] = OrderedDict()
@@ -544,7 +543,6 @@ class ObjectStore:
         self._commit_lock = threading.Lock()  # one commit/checkpoint at a time
         self._seq = 0  # last journaled (applied) sequence
         self._durable = 0
-        self._ckpt_seq = 0
         self._dirty: set[str] = set()  # objects changed since the last checkpoint snapshot
         self._new_dirs: set[str] = set()  # bucket dirs with new entries since the checkpoint
         self._failed: StoreError | None = None
@@ -602,7 +600,7 @@ class ObjectStore:
             os.ftruncate(self._meta_fd, end)
         del data
         self._sorted = sorted(self._objs)
-        self._ckpt_seq = self._seq = self._durable = seq
+        self._seq = self._durable = seq
         gens = sorted(int(n.split(".", 1)[1]) for n in os.listdir(self.path)
                       if n.startswith("journal.") and n.split(".", 1)[1].isdigit())
         for g in gens:
@@ -1497,7 +1495,6 @@ class ObjectStore:
             self._old_jfds.append(old_fd)  # its segment is still needed until a checkpoint
             raise StoreError(errno.ENOSPC if e.errno == errno.ENOSPC else errno.EIO,
                              f"checkpoint: {e}") from None
-        self._ckpt_seq = seq
         os.close(old_fd)
         while self._old_jfds:
             os.close(self._old_jfds.pop())
