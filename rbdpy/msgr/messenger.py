@@ -45,6 +45,7 @@ log = logging.getLogger("rbdpy.msgr")
 IOV_MAX = 1024
 STAGING = 256 << 10
 YIELD_EVERY = 8
+"""Socket calls a busy reader or writer makes in a row before it lets other tasks run."""
 LOWAT_MIN = 128 << 10
 """While at least this much of a data section's current destination segment is still due,
 the reader sets SO_RCVLOWAT to it (at most LOWAT_MAX) before waiting: epoll then reports the
@@ -55,7 +56,9 @@ loopback: ~3x fewer reader wakeups, and the *sender* (whose kernel runs the loop
 receive path and the wakeups) 230 -> 210-250 from 290-430 us of system time per MiB; the
 bench ratio went from 0.68-0.76 to 0.90-0.93 of raw."""
 LOWAT_MAX = 512 << 10
-"""Socket calls a busy reader or writer makes in a row before it lets other tasks run."""
+"""The highest SO_RCVLOWAT the reader sets, however much of the segment is still due (see
+LOWAT_MIN): Linux grows a socket's receive buffer to hold its mark, so the cap bounds that
+memory, and the reader still wakes for every LOWAT_MAX bytes to checksum what arrived."""
 
 Address = tuple[str, int] | str
 """(host, port) for TCP, or a filesystem path for a unix socket."""
@@ -177,7 +180,9 @@ class Messenger:
         self._nursery = await outer.start(self._run)
         return self
 
-    async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    async def _run(
+        self, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Own nursery for every socket task, so ``shutdown`` cancels them and only them
         (not the body of the caller's ``async with``)."""
         async with trio.open_nursery() as inner:

@@ -8,7 +8,7 @@ import trio
 
 from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
 from rbdpy.msgr.message import EntityName, Message
-from rbdpy.msgr.messenger import Messenger, SimpleDispatcher
+from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
 from rbdpy.msgr.payload import BioChain
 
 SRV, CLI = EntityName(2, 0), EntityName(1, 1)
@@ -40,12 +40,12 @@ async def run(keep_messages: bool) -> tuple[Messenger, list[Message], list[bytes
     kept: list[Message] = []
     seen: list[bytes] = []
 
-    async def on_msg(peer, msg: Message) -> None:  # noqa: ANN001
+    async def on_msg(peer: Peer, msg: Message) -> None:
         seen.append(msg.data_bytes())
         if keep_messages:
             kept.append(msg)
 
-    async def ignore(peer, msg: Message) -> None:  # noqa: ANN001
+    async def ignore(peer: Peer, msg: Message) -> None:
         pass
 
     with trio.fail_after(30):

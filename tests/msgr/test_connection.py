@@ -15,6 +15,7 @@ import struct
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from rbdpy.msgr.connection import (
     TAG_BADAUTH,
     TAG_MSG,
     TAG_WAIT,
+    AllocData,
     Closed,
     Connection,
     Fault,
@@ -180,7 +182,8 @@ _gseq = iter(range(1, 1 << 40))
 
 
 def connect(session: Session, registry: SessionRegistry, *, rnd: random.Random | None = None,
-            c_alloc=None, s_alloc=None, limits: Limits | None = None,  # noqa: ANN001
+            c_alloc: AllocData | None = None, s_alloc: AllocData | None = None,
+            limits: Limits | None = None,
             c_nonce: int = C_NONCE, s_nonce: int = S_NONCE, gseq: int | None = None,
             direct: bool = True, partial: bool = False, fault_rate: float = 0.0) -> Link:
     c = Connection(CLIENT, c_nonce, client=True, session=session, alloc_data=c_alloc,
@@ -191,7 +194,7 @@ def connect(session: Session, registry: SessionRegistry, *, rnd: random.Random |
 
 
 def open_link(session: Session | None = None, registry: SessionRegistry | None = None,
-              **kw) -> Link:  # noqa: ANN003
+              **kw: Any) -> Link:
     link = connect(session or Session(), registry or SessionRegistry(), **kw)
     link.run()
     assert link.c.open and link.s.open, (link.cev, link.sev)
@@ -256,7 +259,7 @@ sizes = st.one_of(st.sampled_from(SIZES), st.integers(0, 20_000))
 
 
 @st.composite
-def messages(draw) -> Message:  # noqa: ANN001
+def messages(draw: st.DrawFn) -> Message:
     seed = draw(st.integers(0, 2**32 - 1))
     rng = random.Random(seed)
 

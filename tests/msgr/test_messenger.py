@@ -221,7 +221,9 @@ class ChaosProxy:
             r.randint(0, 300), r.randint(300, 30_000), r.randint(30_000, 300_000),
             r.randint(300_000, 1_500_000)]))
 
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    async def run(
+        self, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         task_status.started(listeners[0].socket.getsockname()[:2])
         await trio.serve_listeners(self.handle, listeners)
