@@ -21,6 +21,17 @@ from itertools import islice
 
 from rbdpy.crc import crc32c
 from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
+from rbdpy.msgr.events import (
+    Closed,
+    Event,
+    Fault,
+    HandshakeDone,
+    KeepaliveAck,
+    KeepaliveReceived,
+    MessageReceived,
+    PeerReset,
+    SessionReset,
+)
 from rbdpy.msgr.message import (
     FOOTER,
     FOOTER_LEN,
@@ -82,64 +93,6 @@ class Limits:
     max_data: int = 64 << 20
     max_auth: int = 4096
 
-
-# ---- events -------------------------------------------------------------------------------
-
-
-@dataclass
-class HandshakeDone:
-    peer: EntityName
-    peer_nonce: int
-
-
-@dataclass
-class MessageReceived:
-    msg: Message
-
-
-@dataclass
-class KeepaliveReceived:
-    stamp: int
-
-
-@dataclass
-class KeepaliveAck:
-    stamp: int
-
-
-@dataclass
-class SessionReset:
-    """Our session with the peer was lost (the peer restarted or told us so).
-
-    ``dropped`` are the messages sent or queued but never acknowledged: they were discarded
-    and the upper layer must resubmit what still matters.
-    """
-
-    peer: EntityName | None
-    dropped: list[Message]
-
-
-@dataclass
-class PeerReset:
-    """The peer started a new session (it restarted): state about its old one is stale."""
-
-    peer: EntityName
-
-
-@dataclass
-class Fault:
-    reason: str
-
-
-@dataclass
-class Closed:
-    """The peer closed the session on purpose: nothing will be replayed."""
-
-
-Event = (
-    HandshakeDone | MessageReceived | KeepaliveReceived | KeepaliveAck | SessionReset
-    | PeerReset | Fault | Closed
-)
 
 AllocData = Callable[[MsgHeader], list[memoryview] | None]
 

@@ -23,19 +23,16 @@ import trio
 
 from rbdpy.errors import RbdpyError
 from rbdpy.msgr.bufferpool import BufferPool
-from rbdpy.msgr.connection import (
+from rbdpy.msgr.connection import Connection, Limits, Session, SessionRegistry
+from rbdpy.msgr.events import (
     Closed,
-    Connection,
     Event,
     Fault,
     HandshakeDone,
     KeepaliveAck,
     KeepaliveReceived,
-    Limits,
     MessageReceived,
     PeerReset,
-    Session,
-    SessionRegistry,
     SessionReset,
 )
 from rbdpy.msgr.message import EntityName, Message, MsgHeader
@@ -470,10 +467,16 @@ class Messenger:
                     state.wake.set()
 
     async def _handle(self, state: _Driven, conn: Connection, events: list[Event]) -> None:
+        """Act on ``events`` in order, consuming the list: each event is popped before it is
+        handled, so once a message's dispatch returns, nothing here references it and its
+        pooled buffer can go back (see BufferPool)."""
         d = self.dispatcher
-        for ev in events:
+        events.reverse()  # popped from the end: first event first
+        while events:
+            ev = events.pop()
             if isinstance(ev, MessageReceived):
-                msg, ev.msg = ev.msg, None  # type: ignore[assignment]
+                msg = ev.msg
+                del ev  # the event holds the message: ours must not outlive dispatch
                 token = msg._pool_token
                 await d.dispatch(state.peer, msg)  # type: ignore[arg-type]
                 if token is not None:

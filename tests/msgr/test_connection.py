@@ -14,7 +14,7 @@ import random
 import struct
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,17 +33,19 @@ from rbdpy.msgr.connection import (
     TAG_MSG,
     TAG_WAIT,
     AllocData,
-    Closed,
     Connection,
+    Limits,
+    Session,
+    SessionRegistry,
+)
+from rbdpy.msgr.events import (
+    Closed,
     Fault,
     HandshakeDone,
     KeepaliveAck,
     KeepaliveReceived,
-    Limits,
     MessageReceived,
     PeerReset,
-    Session,
-    SessionRegistry,
     SessionReset,
 )
 from rbdpy.msgr.message import (
@@ -1117,6 +1119,23 @@ def test_keepalive_and_ack_carry_the_stamp(from_client: bool) -> None:
     assert [e.stamp for e in of(b_ev, KeepaliveReceived)] == [stamp]
     assert [e.stamp for e in of(a_ev, KeepaliveAck)] == [stamp]
     assert not of(a_ev, KeepaliveReceived) and not of(b_ev, KeepaliveAck)
+
+
+def test_events_are_immutable() -> None:
+    """An event means the same to every holder: the driver drops a message by consuming the
+    event list, never by clearing the event's field."""
+    link = open_link()
+    link.c.send_message(plain(3, b"x" * 100))
+    link.c.send_keepalive(1)
+    link.run()
+    link.s.close()
+    link.run()
+    events = link.cev + link.sev
+    assert {type(e) for e in events} >= {HandshakeDone, MessageReceived, KeepaliveReceived,
+                                         KeepaliveAck, Closed}
+    for ev in events + [Fault("x"), PeerReset(CLIENT), SessionReset(CLIENT, [])]:
+        with pytest.raises(FrozenInstanceError):
+            ev.stamp = 0  # type: ignore[union-attr]
 
 
 def test_keepalive_before_open_sends_nothing() -> None:
