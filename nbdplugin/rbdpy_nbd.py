@@ -34,6 +34,7 @@ _add_venv()
 from rbdpy import config as rconfig  # noqa: E402
 from rbdpy.client.objecter import OSDError  # noqa: E402
 from rbdpy.client.rados import ClusterUnavailable, Rados  # noqa: E402
+from rbdpy.rbd import api as rbdapi  # noqa: E402
 from rbdpy.rbd.image import ImageError  # noqa: E402
 
 API_VERSION = 2
@@ -75,7 +76,7 @@ def _open_image():  # noqa: ANN202
     rados = Rados(cfg, pool=_cfg["pool"])
     try:
         rados.wait_ready(timeout=10)
-        img = rados.open_image(_cfg["image"], read_only=_cfg["readonly"],
+        img = rbdapi.open_image(rados, _cfg["image"], read_only=_cfg["readonly"],
                                writeback=_cfg["writeback"])
     except BaseException:
         rados.close()

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from rbdpy import log as rlog
+from rbdpy.rbd import api as rbdapi
 
 
 class UserError(Exception):
@@ -123,7 +124,7 @@ def _order(object_size: int | None) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     order = _order(args.object_size)
     with _rados(args) as r:
-        r.create_image(args.name, args.size, order=order)
+        rbdapi.create_image(r, args.name, args.size, order=order)
     return 0
 
 
@@ -172,7 +173,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         size = transfer.source_size(fd)
         progress = _progress_meter("Importing image", not args.no_progress)
         with _rados(args) as r:
-            r.create_image(name, size or 0, order=order)
+            rbdapi.create_image(r, name, size or 0, order=order)
             _fill_new_image(r, name, f"import of {args.path}",
                             lambda img: transfer.import_into(img, fd, size, progress))
     finally:
@@ -193,7 +194,7 @@ def _fill_new_image(r, name: str, what: str, fill) -> None:  # noqa: ANN001
 
     img = None
     try:
-        img = r.open_image(name)
+        img = rbdapi.open_image(r, name)
         fill(img)
         img.close()
     except (OSError, OSDError, ImageError) as e:
@@ -226,7 +227,7 @@ def _drop_partial(r, img, name: str) -> str:  # noqa: ANN001
 def cmd_mv(args: argparse.Namespace) -> int:
     """``rbd mv``: rename (refused while a writer has the image open)."""
     with _rados(args) as r:
-        r.rename_image(args.name, args.new_name)
+        rbdapi.rename_image(r, args.name, args.new_name)
     return 0
 
 
@@ -239,8 +240,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
     progress = _progress_meter("Image copy", not args.no_progress)
     with _rados(args) as r:
-        src = r.open_image(args.name, read_only=True)  # read-only: works next to a server
-        r.create_image(args.dest, src.size, order=src.info.order)
+        src = rbdapi.open_image(r, args.name, read_only=True)  # read-only: works next to a server
+        rbdapi.create_image(r, args.dest, src.size, order=src.info.order)
         _fill_new_image(r, args.dest, f"copy to {args.dest}",
                         lambda dst: transfer.copy_image(src, dst, progress))
     _done_meter("Image copy", progress)
@@ -272,7 +273,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UserError(f"{args.path} exists (remove it first, or export to a new name)")
     progress = _progress_meter("Exporting image", not args.no_progress)
     with _rados(args) as r:
-        img = r.open_image(args.name, read_only=True)  # first: a wrong name makes no file
+        img = rbdapi.open_image(r, args.name, read_only=True)  # first: a wrong name makes no file
         if args.path == "-":
             fd, created = sys.stdout.fileno(), False
         else:
@@ -300,7 +301,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 @_image_errors
 def cmd_ls(args: argparse.Namespace) -> int:
     with _rados(args) as r:
-        for name in sorted(r.list_images()):
+        for name in sorted(rbdapi.list_images(r)):
             print(name)
     return 0
 
@@ -310,7 +311,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import json
 
     with _rados(args) as r:
-        info = r.open_image(args.name, read_only=True).info
+        info = rbdapi.open_image(r, args.name, read_only=True).info
     if args.format == "json":
         print(json.dumps({"name": info.name, "id": info.id, "size": info.size,
                           "order": info.order, "object_size": info.object_size,
@@ -332,7 +333,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
     import time
 
     with _rados(args) as r:
-        h = r.break_lock(args.name) if args.action == "break" else r.lock_holder(args.name)
+        verb = rbdapi.break_lock if args.action == "break" else rbdapi.lock_holder
+        h = verb(r, args.name)
     if h is None:
         print(f"image {args.name} is not locked")
         return 0 if args.action == "ls" else 1
@@ -347,7 +349,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 @_image_errors
 def cmd_resize(args: argparse.Namespace) -> int:
     with _rados(args) as r:
-        img = r.open_image(args.name)
+        img = rbdapi.open_image(r, args.name)
         if args.size < img.size and not args.allow_shrink:
             raise UserError("shrinking loses data: add --allow-shrink")
         img.resize(args.size)
@@ -362,7 +364,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
                   end="", file=sys.stderr, flush=True)
 
     with _rados(args) as r:
-        r.remove_image(args.name, progress)
+        rbdapi.remove_image(r, args.name, progress)
     if sys.stderr.isatty():
         print("\rRemoving image: 100% complete...done.", file=sys.stderr)
     return 0
@@ -371,10 +373,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
 @_image_errors
 def cmd_du(args: argparse.Namespace) -> int:
     with _rados(args) as r:
-        names = [args.name] if args.name else sorted(r.list_images())
+        names = [args.name] if args.name else sorted(rbdapi.list_images(r))
         print(f"{'NAME':<24} {'PROVISIONED':>12} {'USED':>12}")
         for name in names:
-            img = r.open_image(name, read_only=True)
+            img = rbdapi.open_image(r, name, read_only=True)
             used = img.du()
             if args.bytes:
                 print(f"{name:<24} {img.size:>12} {used:>12}")
@@ -431,7 +433,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(bench.progress_line(p), file=sys.stderr, flush=True)
 
     with _rados(args) as r:
-        img = r.open_image(args.name, read_only=spec.io_type == "read")
+        img = rbdapi.open_image(r, args.name, read_only=spec.io_type == "read")
         try:
             spec.check(img.size)
         except bench.BenchError as e:
@@ -530,9 +532,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     args.cluster = str(cfg.path)
     with _rados(args) as r:
-        if args.name not in r.list_images():
+        if args.name not in rbdapi.list_images(r):
             try:
-                r.create_image(args.name, args.size)
+                rbdapi.create_image(r, args.name, args.size)
                 print(f"created image {args.name} ({human(args.size)}, thin)")
             except ImageError as e:
                 raise UserError(str(e)) from None

@@ -18,6 +18,7 @@ import pytest
 
 import rbdpy
 from rbdpy.client.objecter import OSDError
+from rbdpy.rbd import api as rbdapi
 from rbdpy.rbd.image import ImageError
 from tests.procs import pid_alive
 
@@ -56,7 +57,7 @@ def test_image_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert (info["size"], info["order"], info["objects"]) == (100 << 20, 20, 100)
 
         with rbdpy.connect(str(data)) as c:
-            img = c.open_image("a")
+            img = rbdapi.open_image(c, "a")
             img.write((99 << 20) + 5, b"tail!" * 1000)
             img.write(0, b"head")
             img.flush()
@@ -69,7 +70,7 @@ def test_image_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert r.returncode == 1 and "--allow-shrink" in r.stderr
         rb(data, "resize", "a", "--size", "50M", "--allow-shrink")
         with rbdpy.connect(str(data)) as c:
-            img = c.open_image("a")
+            img = rbdapi.open_image(c, "a")
             assert img.size == 50 << 20
             assert img.pread(0, 4) == b"head"
             img.resize(100 << 20)  # grow back: the shrunk-away tail must read as zeros
@@ -79,7 +80,7 @@ def test_image_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         # the exclusive lock, as `rbd lock ls` / `rbd lock rm` show and break it
         assert rb(data, "lock", "ls", "b").stdout.strip() == "image b is not locked"
         with rbdpy.connect(str(data)) as c:
-            img = c.open_image("b")
+            img = rbdapi.open_image(c, "b")
             img.write(0, b"mine")
             img.flush()
             ls = rb(data, "lock", "ls", "b").stdout
@@ -100,7 +101,7 @@ def test_image_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             assert e.value.errno == errno.ESHUTDOWN
         rb(data, "resize", "b", "--size", "2G")  # free again
         with rbdpy.connect(str(data)) as c:
-            assert c.open_image("b", read_only=True).pread(0, 4) == b"mine"
+            assert rbdapi.open_image(c, "b", read_only=True).pread(0, 4) == b"mine"
         r = rb(data, "lock", "break", "b", check=False)
         assert r.returncode == 1 and r.stdout.strip() == "image b is not locked"
 
@@ -228,7 +229,7 @@ def test_import_and_export_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         r = rb(data, "mv", "moved", "disk", check=False)
         assert r.returncode == 1 and r.stderr.strip() == "rbdpy: image disk exists"
         with rbdpy.connect(str(data)) as c:
-            c.open_image("moved")  # a writer holds it
+            rbdapi.open_image(c, "moved")  # a writer holds it
             r = rb(data, "mv", "moved", "other", check=False)
             assert r.returncode == 1 and "image moved is in use by client." in r.stderr
         assert "moved" in rb(data, "ls").stdout.split()

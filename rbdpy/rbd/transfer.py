@@ -9,7 +9,7 @@ so the copy is as sparse as the image. A pipe (``-``) gets every byte in order.
 
 Copy (``rbd cp``) reads like export and writes like import.
 
-All work on the blocking :class:`~rbdpy.client.rados.SyncImage` from the calling thread.
+All work on the blocking :class:`~rbdpy.rbd.api.SyncImage` from the calling thread.
 Import (and copy) gets its concurrency from write-back: a write returns once sent, so the
 next chunk is read while earlier ones travel (at most ``max_dirty`` bytes out), and the
 final ``flush`` makes the whole image durable before success is reported. Export (and copy)
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rbdpy.client.rados import SyncImage
+from rbdpy.rbd.api import SyncImage
 
 BLOCK = 4096  # zero detection granularity (rbd import's default --sparse-size)
 EXPORT_WINDOW = 8  # chunks read concurrently by export

@@ -13,6 +13,7 @@ import pytest
 from rbdpy.client.objecter import OSDError
 from rbdpy.client.rados import Rados
 from rbdpy.config import ClusterConfig
+from rbdpy.rbd import api as rbdapi
 from rbdpy.testing import single_osd_map
 
 
@@ -25,8 +26,8 @@ def _with_image(osd_process, size: int) -> tuple:  # noqa: ANN001
     osd = osd_process()
     osd.start()
     r = _rados(osd.port)
-    r.create_image("img", size, order=20)
-    return osd, r, r.open_image("img")
+    rbdapi.create_image(r, "img", size, order=20)
+    return osd, r, rbdapi.open_image(r, "img")
 
 
 def _after_kill9(osd, length: int) -> bytes:  # noqa: ANN001
@@ -35,7 +36,7 @@ def _after_kill9(osd, length: int) -> bytes:  # noqa: ANN001
     osd.start()
     r = _rados(osd.port)
     try:
-        return r.open_image("img", read_only=True).pread(0, length)
+        return rbdapi.open_image(r, "img", read_only=True).pread(0, length)
     finally:
         r.close()
 

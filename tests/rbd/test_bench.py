@@ -17,6 +17,7 @@ import pytest
 
 from rbdpy.client.objecter import Objecter
 from rbdpy.msgr.messenger import Messenger
+from rbdpy.rbd import api as rbdapi
 from rbdpy.rbd import bench
 from rbdpy.rbd.image import Image, create_image
 from rbdpy.testing import POOL, run_with_objecter
@@ -63,7 +64,7 @@ def test_seq_write_lands_then_reads_back(cluster: Path) -> None:
     import rbdpy
 
     with rbdpy.connect(str(cluster)) as c:
-        img = c.open_image("w", read_only=True)
+        img = rbdapi.open_image(c, "w", read_only=True)
         data = img.pread(0, 8 << 20)
         block = data[: 64 << 10]
         assert block != bytes(len(block))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from rbdpy.client.rados import Rados
 from rbdpy.config import ClusterConfig
+from rbdpy.rbd import api as rbdapi
 from rbdpy.rbd import transfer
 from rbdpy.testing import single_osd_map
 
@@ -59,8 +60,8 @@ def test_import_then_export_is_identical_and_sparse(osd_process, tmp_path: Path)
     seen: list[tuple[int, int | None]] = []
     r = _rados(osd.port)
     try:
-        r.create_image("img", len(want), order=21)
-        img = r.open_image("img")
+        rbdapi.create_image(r, "img", len(want), order=21)
+        img = rbdapi.open_image(r, "img")
         fd = os.open(src, os.O_RDONLY)
         try:
             size = transfer.source_size(fd)
@@ -77,7 +78,7 @@ def test_import_then_export_is_identical_and_sparse(osd_process, tmp_path: Path)
         assert img.du() < len(want) - 6 * MIB
         img.close()
 
-        img = r.open_image("img", read_only=True)
+        img = rbdapi.open_image(r, "img", read_only=True)
         dst = tmp_path / "dst.raw"
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -100,8 +101,8 @@ def test_a_pipe_in_and_out(osd_process, tmp_path: Path) -> None:  # noqa: ANN001
                                           ("data", 10)], seed=2)
     r = _rados(osd.port)
     try:
-        r.create_image("img", 0, order=20)
-        img = r.open_image("img")
+        rbdapi.create_image(r, "img", 0, order=20)
+        img = rbdapi.open_image(r, "img")
         feeder = subprocess.Popen(["cat", str(tmp_path / "src.raw")], stdout=subprocess.PIPE)
         pipe = feeder.stdout.fileno()  # type: ignore[union-attr]
         try:
