@@ -1,9 +1,16 @@
 """The cluster map: OSDs, pools, placement. Pure data and functions (sans-I/O).
 
 Placement follows Ceph's shape: an object hashes to a placement group of its pool; a PG maps
-to its acting OSDs by weighted rendezvous hashing (straw2-like), so adding or removing an OSD
-moves only the PGs that must move. Until the monitor exists the map comes from the cluster
-file with epoch 1; the seam (``OSDMap.object_target``) is what the objecter calls.
+to its acting OSDs by weighted rendezvous hashing (straw2-like): every up+in OSD draws for the
+PG, and the ``size`` best draws, best first, are its acting set. So adding or removing one OSD
+changes only the acting sets that gain or lose it, and those by that one OSD, the others
+keeping their order: with N equal OSDs about 1/N of the replicas move, and nothing else does.
+An OSD draws best with a probability proportional to its weight: with one replica that is its
+share of the PGs; with more, shares are flatter than the weights (a PG's replicas are distinct
+OSDs, so a heavy one holds at most one of them). Tests: tests/test_osdmap.py.
+
+Until the monitor exists the map comes from the cluster file with epoch 1; the seam
+(``OSDMap.object_target``) is what the objecter calls.
 """
 
 from __future__ import annotations
