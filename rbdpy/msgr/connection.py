@@ -1,23 +1,24 @@
-"""The messenger's sans-I/O core: one Connection per socket, one Session per peer.
+"""The messenger's sans-I/O core: one Connection per socket.
 
 Bytes go in (``feed`` from a staging buffer, or ``recv_target``/``received_direct`` when the
 next bytes belong in a data segment the upper layer provided), events come out; buffers to
 send come out of ``data_to_send`` and are retired with ``sent(n)``. No sockets, threads or
 clocks live here, so every byte boundary, fault and reconnect can be tested deterministically.
 
-A Session outlives its Connections: it numbers outgoing messages once, keeps what was sent
-but not acked (payload references included) and replays it after a reconnect; it remembers
-the last sequence received so duplicates are dropped. Lossy sessions keep nothing.
+The receive side is a state machine over the sections of the stream (banner, connect or
+connect reply, then frames): each state names the section it waits for, and a table maps it
+to the handler of that section. Sessions and the handshake's decisions live in
+``session.py``, the wire vocabulary in ``wire.py``, the events in ``events.py``.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import struct
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from itertools import islice
+from typing import ClassVar
 
 from rbdpy.crc import crc32c
 from rbdpy.msgr.bufferpool import POOL_MIN, BufferPool
@@ -33,9 +34,7 @@ from rbdpy.msgr.events import (
     SessionReset,
 )
 from rbdpy.msgr.message import (
-    FOOTER,
     FOOTER_LEN,
-    FOOTER_NOCRC,
     HEADER_LEN,
     EntityName,
     Message,
@@ -45,130 +44,78 @@ from rbdpy.msgr.message import (
     encode_header,
 )
 from rbdpy.msgr.payload import BioChain, Pages, SegmentCursor, byte_view, slice_segments
+from rbdpy.msgr.session import (
+    Accept,
+    Connect,
+    Known,
+    Reply,
+    Session,
+    SessionRegistry,
+    accept,
+    on_reply,
+)
+from rbdpy.msgr.wire import (
+    BANNER,
+    CONNECT,
+    CONNECT_FLAG_LOSSY,
+    CONNECT_REPLY,
+    FEATURE_NOCRC,
+    HEADER_LENGTHS,
+    LENGTHS_AT,
+    PROTOCOL_FEATURES,
+    TAG_ACK,
+    TAG_CLOSE,
+    TAG_KEEPALIVE,
+    TAG_KEEPALIVE_ACK,
+    TAG_MSG,
+    TAG_READY,
+    TAG_RESETSESSION,
+    TAG_RETRY_GLOBAL,
+    TAG_RETRY_SESSION,
+    TAG_U64,
+    U64,
+    Limits,
+    ProtocolError,
+    check_footer,
+)
 
 log = logging.getLogger("rbdpy.msgr")
 
-BANNER = b"rbdpy\x00v1"
-PROTOCOL_FEATURES = 0x1
-FEATURE_NOCRC = 0x2  # "my footers carry no crcs": said once, in the handshake
-
-# frame tags
-TAG_READY = 1
-TAG_RESETSESSION = 2
-TAG_RETRY_SESSION = 3
-TAG_RETRY_GLOBAL = 4
-TAG_WAIT = 5
-TAG_BADAUTH = 6
-TAG_CLOSE = 7
-TAG_MSG = 8
-TAG_ACK = 9
 ACK_AFTER = 16
 """Received messages after which an ACK frame goes out even with nothing to ride on."""
-TAG_KEEPALIVE = 10
-TAG_KEEPALIVE_ACK = 11
-
-# features, entity type, entity num, nonce, global_seq, connect_seq, in_seq, flags, auth_len
-CONNECT = struct.Struct("<QBQQIIQBI")
-# tag, then the same fields as CONNECT
-CONNECT_REPLY = struct.Struct("<BQBQQIIQBI")
-CONNECT_FLAG_LOSSY = 1
-U64 = struct.Struct("<Q")
-_TAG_U64 = struct.Struct("<BQ")
-
-# front_len, middle_len, data_len inside the header (after seq, tid, type, priority, version)
-_HEADER_LENGTHS = struct.Struct("<III")
-_LENGTHS_AT = struct.calcsize("<QQHHH")
 
 DIRECT_MIN = 8192
 """Data segments with at least this much left are ``recv_into``'d directly; smaller pieces
 come through the staging buffer (one small copy is cheaper than one more syscall)."""
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Maxima checked against the header before anything is allocated."""
-
-    max_front: int = 16 << 20
-    max_middle: int = 16 << 20
-    max_data: int = 64 << 20
-    max_auth: int = 4096
-
-
 AllocData = Callable[[MsgHeader], list[memoryview] | None]
 
 
-class ProtocolError(Exception):
-    """A peer broke the protocol; the connection faults with this reason."""
+
+class RecvState(enum.Enum):
+    """What the receive side waits for next: a section of the stream, handled whole."""
+
+    BANNER = "banner"
+    CONNECT = "connect"  # accepting side: the peer's connect record
+    CONNECT_AUTH = "connect auth"  # ... and its authenticator
+    REPLY = "reply"  # connecting side: the acceptor's verdict
+    REPLY_AUTH = "reply auth"
+    TAG = "tag"  # the session is open: the next frame's tag byte
+    U64 = "u64"  # the value of an ACK, KEEPALIVE or KEEPALIVE_ACK
+    HEADER = "header"
+    FRONT = "front"
+    MIDDLE = "middle"
+    DATA = "data"  # not a section: streamed into the data segments as it arrives
+    FOOTER = "footer"
+    DONE = "done"  # the peer closed the session: nothing may follow
 
 
-# ---- sessions -----------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Session:
-    """Per-peer state that survives reconnects (lossless) or not (lossy)."""
-
-    lossy: bool = False
-    peer: EntityName | None = None
-    peer_nonce: int = 0
-    out_seq: int = 0
-    in_seq: int = 0
-    connect_seq: int = 0
-    peer_global_seq: int = 0
-    unsent: deque[Message] = field(default_factory=deque)
-    sent: deque[Message] = field(default_factory=deque)
-    owner: object | None = None
-
-    def queue(self, msg: Message) -> None:
-        self.out_seq += 1
-        msg.seq = self.out_seq
-        msg._wire_head = msg._wire_foot = None
-        self.unsent.append(msg)
-
-    def backlog(self) -> int:
-        """Messages queued or sent but not yet acknowledged by the peer."""
-        return len(self.sent) + len(self.unsent)
-
-    def acked(self, seq: int) -> None:
-        sent = self.sent
-        while sent and sent[0].seq <= seq:
-            sent.popleft()
-
-    def requeue_sent(self, peer_in_seq: int) -> None:
-        """After a reconnect: forget what the peer has, send the rest again, in order."""
-        self.acked(peer_in_seq)
-        while self.unsent and self.unsent[0].seq <= peer_in_seq:
-            self.unsent.popleft()
-        self.sent.extend(self.unsent)
-        self.unsent = self.sent
-        self.sent = deque()
-
-    def reset(self) -> list[Message]:
-        dropped = list(self.sent) + list(self.unsent)
-        self.sent.clear()
-        self.unsent.clear()
-        self.out_seq = self.in_seq = self.connect_seq = 0
-        return dropped
-
-
-class SessionRegistry:
-    """The accepting side's sessions, by peer entity name (pure bookkeeping, no I/O)."""
-
-    def __init__(self) -> None:
-        self.sessions: dict[EntityName, Session] = {}
-
-    def get(self, peer: EntityName) -> Session | None:
-        return self.sessions.get(peer)
-
-    def remove(self, peer: EntityName) -> None:
-        self.sessions.pop(peer, None)
-
-
-# ---- the connection -----------------------------------------------------------------------
-
-# receive states
-_S_BANNER, _S_CONNECT, _S_CONNECT_AUTH, _S_REPLY, _S_REPLY_AUTH = range(5)
-_S_TAG, _S_U64, _S_HEADER, _S_FRONT, _S_MIDDLE, _S_DATA, _S_FOOTER, _S_DONE = range(5, 13)
+# the states of the per-read loops, as plain names: an attribute of an Enum class costs there
+_TAG, _DATA, _FOOTER, _DONE = RecvState.TAG, RecvState.DATA, RecvState.FOOTER, RecvState.DONE
+_MID_MESSAGE = frozenset(
+    {RecvState.HEADER, RecvState.FRONT, RecvState.MIDDLE, RecvState.DATA, RecvState.FOOTER}
+)
 
 
 class Connection:
@@ -216,7 +163,7 @@ class Connection:
         self._ack_now = False
         self._events: list[Event] = []
         # receive side
-        self._state = _S_BANNER
+        self._state = RecvState.BANNER
         self._want = len(BANNER)
         self._buf = bytearray(64)
         self._have = 0
@@ -263,7 +210,7 @@ class Connection:
 
     def send_keepalive(self, stamp: int) -> None:
         if self.open:
-            self._push(_TAG_U64.pack(TAG_KEEPALIVE, stamp))
+            self._push(TAG_U64.pack(TAG_KEEPALIVE, stamp))
 
     def close(self) -> None:
         """Tell the peer we are done with the session (no replay after this)."""
@@ -293,7 +240,7 @@ class Connection:
             if s.in_seq > self._acked_out and (s.unsent or self._out or self._ack_due(s)):
                 self._acked_out = s.in_seq
                 self._ack_now = False
-                self._push(_TAG_U64.pack(TAG_ACK, s.in_seq))
+                self._push(TAG_U64.pack(TAG_ACK, s.in_seq))
             unsent, out = s.unsent, self._out
             while unsent and len(out) < max_bufs and self._out_bytes < max_bytes:
                 msg = unsent.popleft()
@@ -351,7 +298,7 @@ class Connection:
         Inside a data section with a big enough piece of a destination segment left, the bytes
         land in the upper layer's buffer with no copy.
         """
-        if self._state == _S_DATA and not self._skip:
+        if self._state is _DATA and not self._skip:
             cur = self._data_cursor.current()  # type: ignore[union-attr]
             if len(cur) >= DIRECT_MIN:
                 return cur
@@ -374,7 +321,7 @@ class Connection:
             self._data_crc = crc32c(cur.current()[:n], self._data_crc)
         cur.advance(n)
         if cur.remaining == 0:
-            self._state, self._want, self._have = _S_FOOTER, FOOTER_LEN, 0
+            self._state, self._want, self._have = _FOOTER, FOOTER_LEN, 0
         return self._take_events()
 
     def feed(self, data: memoryview | bytes) -> list[Event]:
@@ -385,15 +332,16 @@ class Connection:
         pos, n = 0, len(mv)
         try:
             while pos < n and not self.faulted:
-                if self._state == _S_TAG and mv[pos] == TAG_MSG and self._have == 0:
+                st = self._state
+                if st is _TAG and mv[pos] == TAG_MSG and self._have == 0:
                     end = self._whole_message(mv, pos, n)
                     if end:
                         pos = end
                         continue
-                if self._state == _S_DATA:
+                if st is _DATA:
                     pos = self._feed_data(mv, pos)
                     continue
-                if self._state == _S_DONE:
+                if st is _DONE:
                     raise ProtocolError("bytes after close")
                 want = self._want
                 if self._have == 0 and n - pos >= want:
@@ -417,8 +365,8 @@ class Connection:
 
     def eof(self) -> list[Event]:
         """The peer closed the socket."""
-        if not self.faulted and self._state != _S_DONE:
-            where = "mid-message" if self._state > _S_U64 else "between frames"
+        if not self.faulted and self._state is not _DONE:
+            where = "mid-message" if self._state in _MID_MESSAGE else "between frames"
             self._fault(f"peer closed the connection {where}")
         return self._take_events()
 
@@ -464,66 +412,56 @@ class Connection:
             cur.advance(k)
             done += k
         if cur.remaining == 0:
-            self._state, self._want, self._have = _S_FOOTER, FOOTER_LEN, 0
+            self._state, self._want, self._have = _FOOTER, FOOTER_LEN, 0
         return pos + take
 
-    def _expect(self, state: int, want: int) -> None:
+    def _expect(self, state: RecvState, want: int) -> None:
         self._state, self._want = state, want
 
     def _section(self, buf: memoryview) -> None:
-        st = self._state
-        if st == _S_TAG:
-            self._on_tag(buf[0])
-        elif st == _S_HEADER:
-            self._on_header(buf)
-        elif st == _S_FRONT:
-            self._front = bytes(buf)  # small, and it must outlive the staging buffer
-            self._after_front()
-        elif st == _S_MIDDLE:
-            self._middle = bytes(buf)
-            self._start_data()
-        elif st == _S_FOOTER:
-            self._on_footer(buf)
-        elif st == _S_U64:
-            self._on_u64(U64.unpack(buf)[0])
-        elif st == _S_BANNER:
-            if bytes(buf) != BANNER:
-                raise ProtocolError(f"bad banner {bytes(buf)!r}")
-            if self.client:
-                self._expect(_S_REPLY, CONNECT_REPLY.size)
-            else:
-                self._expect(_S_CONNECT, CONNECT.size)
-        elif st == _S_CONNECT:
-            fields = CONNECT.unpack(buf)
-            if fields[-1] > self.limits.max_auth:
-                raise ProtocolError(f"auth length {fields[-1]} over the limit")
-            self._pending_connect = fields
-            if fields[-1]:
-                self._expect(_S_CONNECT_AUTH, fields[-1])
-            else:
-                self._on_connect(fields, b"")
-        elif st == _S_CONNECT_AUTH:
-            assert self._pending_connect is not None
-            self._on_connect(self._pending_connect, bytes(buf))
-        elif st == _S_REPLY:
-            fields = CONNECT_REPLY.unpack(buf)
-            if fields[-1] > self.limits.max_auth:
-                raise ProtocolError(f"auth length {fields[-1]} over the limit")
-            self._pending_connect = fields
-            if fields[-1]:
-                self._expect(_S_REPLY_AUTH, fields[-1])
-            else:
-                self._on_reply(fields, b"")
-        elif st == _S_REPLY_AUTH:
-            assert self._pending_connect is not None
-            self._on_reply(self._pending_connect, bytes(buf))
-        else:  # pragma: no cover
-            raise ProtocolError(f"internal: no section in state {st}")
+        """A whole section of the current state arrived: hand it to that state's handler."""
+        self._ON_SECTION[self._state](self, buf)
 
     # -- handshake ----------------------------------------------------------------------
 
+    def _on_banner(self, buf: memoryview) -> None:
+        if bytes(buf) != BANNER:
+            raise ProtocolError(f"bad banner {bytes(buf)!r}")
+        if self.client:
+            self._expect(RecvState.REPLY, CONNECT_REPLY.size)
+        else:
+            self._expect(RecvState.CONNECT, CONNECT.size)
+
+    def _on_connect_record(self, buf: memoryview) -> None:
+        fields = CONNECT.unpack(buf)
+        if fields[-1] > self.limits.max_auth:
+            raise ProtocolError(f"auth length {fields[-1]} over the limit")
+        self._pending_connect = fields
+        if fields[-1]:
+            self._expect(RecvState.CONNECT_AUTH, fields[-1])
+        else:
+            self._on_connect(fields, b"")
+
+    def _on_connect_auth(self, buf: memoryview) -> None:
+        assert self._pending_connect is not None
+        self._on_connect(self._pending_connect, bytes(buf))
+
+    def _on_reply_record(self, buf: memoryview) -> None:
+        fields = CONNECT_REPLY.unpack(buf)
+        if fields[-1] > self.limits.max_auth:
+            raise ProtocolError(f"auth length {fields[-1]} over the limit")
+        self._pending_connect = fields
+        if fields[-1]:
+            self._expect(RecvState.REPLY_AUTH, fields[-1])
+        else:
+            self._on_reply(fields, b"")
+
+    def _on_reply_auth(self, buf: memoryview) -> None:
+        assert self._pending_connect is not None
+        self._on_reply(self._pending_connect, bytes(buf))
+
     def _on_connect(self, f: tuple, auth: bytes) -> None:
-        """Accepting side: decide what to do with a peer's connect (Ceph msgr v1 rules)."""
+        """Accepting side: carry out ``session.accept``'s verdict on a peer's connect."""
         features, ptype, pnum, pnonce, gseq, cseq, peer_in_seq, flags, _alen = f
         peer = EntityName(ptype, pnum)
         self.peer = peer
@@ -532,27 +470,24 @@ class Connection:
         assert reg is not None
         lossy = bool(flags & CONNECT_FLAG_LOSSY)
         s = reg.get(peer)
-        if s is not None and gseq <= s.peer_global_seq and s.peer_nonce == pnonce:
-            self._reply(TAG_RETRY_GLOBAL, s.peer_global_seq, 0, 0)
-            return self._expect(_S_CONNECT, CONNECT.size)
-        if s is None or s.peer_nonce != pnonce or lossy:
-            if cseq > 0 and not lossy:
-                # the peer believes in a session we do not have: we restarted
-                self._reply(TAG_RESETSESSION, 0, 0, 0)
-                return self._expect(_S_CONNECT, CONNECT.size)
-            if s is not None:
+        verdict = accept(Connect(gseq, cseq, pnonce, lossy), None if s is None else Known.of(s))
+        if verdict is Accept.RETRY_GLOBAL:
+            assert s is not None
+            return self._refuse(TAG_RETRY_GLOBAL, s.peer_global_seq, 0)
+        if verdict is Accept.RESET_SESSION:
+            return self._refuse(TAG_RESETSESSION, 0, 0)
+        if verdict is Accept.RETRY_SESSION:
+            assert s is not None
+            return self._refuse(TAG_RETRY_SESSION, 0, s.connect_seq)
+        if verdict is Accept.NEW or verdict is Accept.REPLACE:
+            if verdict is Accept.REPLACE:
                 self._events.append(PeerReset(peer))
             s = Session(lossy=lossy, peer=peer, peer_nonce=pnonce)
             reg.sessions[peer] = s
-        elif cseq == 0:
-            if s.in_seq or s.out_seq:
-                # same peer, but it reset its side of the session
-                self._events.append(PeerReset(peer))
-                s.reset()
-            # else: it never read our READY (the connection died in the handshake): go on
-        elif cseq < s.connect_seq:
-            self._reply(TAG_RETRY_SESSION, 0, s.connect_seq, 0)
-            return self._expect(_S_CONNECT, CONNECT.size)
+        elif verdict is Accept.RESTART:
+            self._events.append(PeerReset(peer))
+            s.reset()  # type: ignore[union-attr]
+        assert s is not None  # NEW, REPLACE, RESTART or RESUME: the session opens
         s.peer_global_seq = gseq
         s.connect_seq = cseq + 1
         if isinstance(s.owner, Connection) and s.owner is not self:
@@ -564,6 +499,11 @@ class Connection:
         self._reply(TAG_READY, self.global_seq, s.connect_seq, s.in_seq)
         self._opened(peer, pnonce)
 
+    def _refuse(self, tag: int, gseq: int, cseq: int) -> None:
+        """Reply with a verdict other than READY and wait for the peer's next connect."""
+        self._reply(tag, gseq, cseq, 0)
+        self._expect(RecvState.CONNECT, CONNECT.size)
+
     def _reply(self, tag: int, gseq: int, cseq: int, in_seq: int) -> None:
         self._push(
             CONNECT_REPLY.pack(
@@ -573,15 +513,15 @@ class Connection:
         )
 
     def _on_reply(self, f: tuple, auth: bytes) -> None:
-        """Connecting side: act on the accepting side's verdict."""
+        """Connecting side: carry out ``session.on_reply``'s reading of the acceptor's reply."""
         tag, features, ptype, pnum, pnonce, gseq, cseq, peer_in_seq, _flags, _alen = f
         self._peer_nocrc = bool(features & FEATURE_NOCRC)
         s = self.session
         assert s is not None
         peer = EntityName(ptype, pnum)
-        if tag == TAG_READY:
-            if s.peer_nonce and s.peer_nonce != pnonce and not s.lossy:
-                # a different incarnation accepted a resumed session: treat as a reset
+        step = on_reply(tag, s.peer_nonce, pnonce, s.lossy)
+        if step is Reply.OPEN or step is Reply.OPEN_RESET:
+            if step is Reply.OPEN_RESET:
                 self._session_reset(peer)
             s.peer, s.peer_nonce = peer, pnonce
             s.connect_seq = cseq
@@ -589,24 +529,21 @@ class Connection:
             s.requeue_sent(peer_in_seq)
             self._acked_out = s.in_seq
             self._opened(peer, pnonce)
-        elif tag == TAG_RESETSESSION:
+            return
+        if step is Reply.RESET:
             self._session_reset(peer)
-            self._send_connect()
-            self._expect(_S_REPLY, CONNECT_REPLY.size)
-        elif tag == TAG_RETRY_SESSION:
+        elif step is Reply.RETRY_SESSION:
             s.connect_seq = cseq
-            self._send_connect()
-            self._expect(_S_REPLY, CONNECT_REPLY.size)
-        elif tag == TAG_RETRY_GLOBAL:
+        elif step is Reply.RETRY_GLOBAL:
             self.global_seq = gseq + 1
-            self._send_connect()
-            self._expect(_S_REPLY, CONNECT_REPLY.size)
-        elif tag == TAG_WAIT:
+        elif step is Reply.WAIT:
             raise ProtocolError("peer asked us to wait")
-        elif tag == TAG_BADAUTH:
+        elif step is Reply.BADAUTH:
             raise ProtocolError("authentication rejected by peer")
         else:
             raise ProtocolError(f"unknown connect reply tag {tag}")
+        self._send_connect()
+        self._expect(RecvState.REPLY, CONNECT_REPLY.size)
 
     def _session_reset(self, peer: EntityName) -> None:
         s = self.session
@@ -618,27 +555,29 @@ class Connection:
     def _opened(self, peer: EntityName, nonce: int) -> None:
         self.peer = peer
         self.open = True
-        self._expect(_S_TAG, 1)
+        self._expect(_TAG, 1)
         self._events.append(HandshakeDone(peer, nonce))
 
     # -- frames -------------------------------------------------------------------------
 
-    def _on_tag(self, tag: int) -> None:
+    def _on_tag(self, buf: memoryview) -> None:
+        tag = buf[0]
         if tag == TAG_MSG:
-            self._expect(_S_HEADER, HEADER_LEN)
+            self._expect(RecvState.HEADER, HEADER_LEN)
         elif tag in (TAG_ACK, TAG_KEEPALIVE, TAG_KEEPALIVE_ACK):
             self._u64_tag = tag
-            self._expect(_S_U64, 8)
+            self._expect(RecvState.U64, 8)
         elif tag == TAG_CLOSE:
             self.open = False
-            self._state = _S_DONE
+            self._state = _DONE
             if self.session is not None and self.registry is not None and self.peer:
                 self.registry.remove(self.peer)
             self._events.append(Closed())
         else:
             raise ProtocolError(f"unknown tag {tag}")
 
-    def _on_u64(self, v: int) -> None:
+    def _on_u64(self, buf: memoryview) -> None:
+        (v,) = U64.unpack(buf)
         tag = self._u64_tag
         s = self.session
         assert s is not None
@@ -647,11 +586,11 @@ class Connection:
                 raise ProtocolError(f"ack {v} for a message never sent (last {s.out_seq})")
             s.acked(v)
         elif tag == TAG_KEEPALIVE:
-            self._push(_TAG_U64.pack(TAG_KEEPALIVE_ACK, v))
+            self._push(TAG_U64.pack(TAG_KEEPALIVE_ACK, v))
             self._events.append(KeepaliveReceived(v))
         else:
             self._events.append(KeepaliveAck(v))
-        self._expect(_S_TAG, 1)
+        self._expect(_TAG, 1)
 
     def _whole_message(self, mv: memoryview, pos: int, n: int) -> int:
         """A message lying whole in the staging buffer at ``pos`` (tag byte included), handled
@@ -663,7 +602,7 @@ class Connection:
         hpos = pos + 1
         if n - hpos < HEADER_LEN:
             return 0
-        fields = _HEADER_LENGTHS.unpack_from(mv, hpos + _LENGTHS_AT)
+        fields = HEADER_LENGTHS.unpack_from(mv, hpos + LENGTHS_AT)
         front_len, middle_len, data_len = fields
         fpos = hpos + HEADER_LEN
         mpos = fpos + front_len
@@ -681,8 +620,8 @@ class Connection:
         middle = bytes(mv[mpos:dpos]) if middle_len else b""
         data = mv[dpos:tpos]
         self._last_data_len = data_len
-        self._check_footer(h, mv[tpos:end], front, middle,
-                           crc32c(data) if self.crc and data_len else 0)
+        check_footer(h, mv[tpos:end], front, middle,
+                     crc32c(data) if self.crc and data_len else 0, self.crc, self._peer_nocrc)
         if skip:
             return end
         payload = None
@@ -705,9 +644,17 @@ class Connection:
         self._skip = self._admit_header(h)
         self._hdr = h
         self._front = self._middle = b""
-        self._expect(_S_FRONT, h.front_len)
+        self._expect(RecvState.FRONT, h.front_len)
         if h.front_len == 0:
             self._after_front()
+
+    def _on_front(self, buf: memoryview) -> None:
+        self._front = bytes(buf)  # small, and it must outlive the staging buffer
+        self._after_front()
+
+    def _on_middle(self, buf: memoryview) -> None:
+        self._middle = bytes(buf)
+        self._start_data()
 
     def _admit_header(self, h: MsgHeader) -> bool:
         """Limits and sequence checks of a verified header; True if it is a replayed
@@ -729,7 +676,7 @@ class Connection:
 
     def _after_front(self) -> None:
         assert self._hdr is not None
-        self._expect(_S_MIDDLE, self._hdr.middle_len)
+        self._expect(RecvState.MIDDLE, self._hdr.middle_len)
         if self._hdr.middle_len == 0:
             self._start_data()
 
@@ -749,9 +696,9 @@ class Connection:
             self._data_cursor = SegmentCursor(segs)
         self._data_payload = payload
         if n:
-            self._expect(_S_DATA, n)
+            self._expect(_DATA, n)
         else:
-            self._expect(_S_FOOTER, FOOTER_LEN)
+            self._expect(_FOOTER, FOOTER_LEN)
 
     def _data_destination(self, h: MsgHeader) -> tuple[BioChain, list[memoryview]]:
         """Where a message's data goes: the upper layer's segments (alloc_data), else a
@@ -776,29 +723,15 @@ class Connection:
     def _on_footer(self, buf: memoryview) -> None:
         h = self._hdr
         assert h is not None and self.session is not None
-        self._check_footer(h, buf, self._front, self._middle, self._data_crc)
-        self._expect(_S_TAG, 1)
+        check_footer(h, buf, self._front, self._middle, self._data_crc, self.crc,
+                     self._peer_nocrc)
+        self._expect(_TAG, 1)
         self._data_cursor = None  # its views would pin a pooled buffer
         if self._skip:
             self._skip = False
             return
         payload, self._data_payload = self._data_payload, None
         self._deliver(h, self._front, self._middle, payload)
-
-    def _check_footer(self, h: MsgHeader, buf: memoryview, front: bytes, middle: bytes,
-                      data_crc_seen: int) -> None:
-        front_crc, middle_crc, data_crc, flags = FOOTER.unpack(buf)
-        if flags & FOOTER_NOCRC and not self._peer_nocrc:
-            # the flags byte has no crc of its own: a flip that set NOCRC would otherwise
-            # switch the checks off for exactly the message it damaged
-            raise ProtocolError(f"footer without crcs from a peer that sends them (seq {h.seq})")
-        if self.crc and not flags & FOOTER_NOCRC:
-            if crc32c(front) != front_crc:
-                raise ProtocolError(f"bad front crc (seq {h.seq})")
-            if crc32c(middle) != middle_crc:
-                raise ProtocolError(f"bad middle crc (seq {h.seq})")
-            if data_crc_seen != data_crc:
-                raise ProtocolError(f"bad data crc (seq {h.seq})")
 
     def _deliver(self, h: MsgHeader, front: bytes, middle: bytes, payload: BioChain | None
                  ) -> None:
@@ -811,3 +744,18 @@ class Connection:
         msg._pool_token, self._pool_token = self._pool_token, None
         self._events.append(MessageReceived(msg))
 
+    # the handler of each state's section (DATA streams through _feed_data and
+    # received_direct instead; DONE takes nothing)
+    _ON_SECTION: ClassVar[dict[RecvState, Callable[[Connection, memoryview], None]]] = {
+        RecvState.BANNER: _on_banner,
+        RecvState.CONNECT: _on_connect_record,
+        RecvState.CONNECT_AUTH: _on_connect_auth,
+        RecvState.REPLY: _on_reply_record,
+        RecvState.REPLY_AUTH: _on_reply_auth,
+        RecvState.TAG: _on_tag,
+        RecvState.U64: _on_u64,
+        RecvState.HEADER: _on_header,
+        RecvState.FRONT: _on_front,
+        RecvState.MIDDLE: _on_middle,
+        RecvState.FOOTER: _on_footer,
+    }

@@ -23,7 +23,7 @@ import trio
 
 from rbdpy.errors import RbdpyError
 from rbdpy.msgr.bufferpool import BufferPool
-from rbdpy.msgr.connection import Connection, Limits, Session, SessionRegistry
+from rbdpy.msgr.connection import Connection
 from rbdpy.msgr.events import (
     Closed,
     Event,
@@ -36,6 +36,8 @@ from rbdpy.msgr.events import (
     SessionReset,
 )
 from rbdpy.msgr.message import EntityName, Message, MsgHeader
+from rbdpy.msgr.session import Session, SessionRegistry
+from rbdpy.msgr.wire import Limits
 
 log = logging.getLogger("rbdpy.msgr")
 

@@ -22,22 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rbdpy.msgr.connection import (
-    ACK_AFTER,
-    BANNER,
-    CONNECT,
-    CONNECT_REPLY,
-    DIRECT_MIN,
-    PROTOCOL_FEATURES,
-    TAG_BADAUTH,
-    TAG_MSG,
-    TAG_WAIT,
-    AllocData,
-    Connection,
-    Limits,
-    Session,
-    SessionRegistry,
-)
+from rbdpy.msgr.connection import ACK_AFTER, DIRECT_MIN, AllocData, Connection
 from rbdpy.msgr.events import (
     Closed,
     Fault,
@@ -58,6 +43,17 @@ from rbdpy.msgr.message import (
     encode_header,
 )
 from rbdpy.msgr.payload import PAGE_SIZE, BioChain, Pagelist, Pages
+from rbdpy.msgr.session import Session, SessionRegistry
+from rbdpy.msgr.wire import (
+    BANNER,
+    CONNECT,
+    CONNECT_REPLY,
+    PROTOCOL_FEATURES,
+    TAG_BADAUTH,
+    TAG_MSG,
+    TAG_WAIT,
+    Limits,
+)
 
 CLIENT, SERVER = EntityName(1, 7), EntityName(2, 0)
 C_NONCE, S_NONCE = 0x1111, 0x2222

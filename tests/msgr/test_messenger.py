@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from rbdpy.crc import crc32c
-from rbdpy.msgr.connection import Connection, Limits, Session
+from rbdpy.msgr.connection import Connection
 from rbdpy.msgr.message import (
     HEADER,
     HEADER_CRC,
@@ -32,6 +32,8 @@ from rbdpy.msgr.message import (
 )
 from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
 from rbdpy.msgr.payload import BioChain, Pagelist
+from rbdpy.msgr.session import Session
+from rbdpy.msgr.wire import Limits
 
 SRV, CLI, CLI2 = EntityName(2, 0), EntityName(1, 1), EntityName(1, 2)
 FAST = {"backoff": (0.002, 0.02)}
