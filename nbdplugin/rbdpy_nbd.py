@@ -73,7 +73,7 @@ def thread_model():  # noqa: ANN201
 
 def _open_image():  # noqa: ANN202
     cfg = rconfig.load(rconfig.locate(_cfg["cluster"]))
-    rados = Rados(cfg, pool=_cfg["pool"])
+    rados = Rados(cfg, pool=_cfg["pool"], options=rconfig.ClientOptions.from_env())
     try:
         rados.wait_ready(timeout=10)
         img = rbdapi.open_image(rados, _cfg["image"], read_only=_cfg["readonly"],

@@ -58,10 +58,19 @@ def _cfg(args: argparse.Namespace):  # noqa: ANN202
         raise UserError(str(e)) from None
 
 
+def _client_options():  # noqa: ANN202
+    from rbdpy.config import ClientOptions, ConfigError
+
+    try:
+        return ClientOptions.from_env()
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+
+
 def _rados(args: argparse.Namespace):  # noqa: ANN202
     from rbdpy.client.rados import ClusterUnavailable, Rados
 
-    r = Rados(_cfg(args))
+    r = Rados(_cfg(args), options=_client_options())
     try:
         r.wait_ready(timeout=args.timeout)
     except ClusterUnavailable as e:
@@ -213,7 +222,8 @@ def _drop_partial(r, img, name: str) -> str:  # noqa: ANN001
 
     async def remove() -> None:
         with trio.fail_after(DROP_TIMEOUT):  # the cluster may be what failed
-            await rbdimage.remove_image(r.objecter, r.pool, name)
+            await rbdimage.remove_image(r.objecter, r.pool, name,
+                                        lease=r.options.lock_lease)
     try:
         if img is not None:
             img.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,31 @@ FILE_NAME = "cluster.toml"
 
 class ConfigError(Exception):
     """The cluster file is missing or wrong: a user error, shown as one line."""
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """A client's settings (Ceph keeps these in the client's config context; librbd reads its
+    ``rbd_*`` options from it). Built once at the edge (CLI, nbdkit plugin, ``rbdpy.connect``)
+    and carried by the ``Rados`` handle; nothing below reads the environment."""
+
+    lock_lease: float = 30.0  # seconds an exclusive lock stays valid without a renewal
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientOptions:
+        """Defaults, overridden by ``RBDPY_LOCK_LEASE`` (a ConfigError if it is not a
+        positive number)."""
+        env = os.environ if environ is None else environ
+        raw = env.get("RBDPY_LOCK_LEASE", "")
+        if not raw:
+            return cls()
+        try:
+            lease = float(raw)
+        except ValueError:
+            lease = -1.0
+        if not lease > 0:
+            raise ConfigError(f"RBDPY_LOCK_LEASE={raw!r}: want a positive number of seconds")
+        return cls(lock_lease=lease)
 
 
 @dataclass

@@ -44,8 +44,10 @@ async def connected(cluster: int | OSDMap, timeout: float = 60.0, *,
 
 @asynccontextmanager
 async def new_image(port: int, size: int, order: int, *, writeback: bool = True,
-                    timeout: float = 60.0) -> AsyncIterator[tuple[Objecter, rbdimage.Image]]:
+                    timeout: float = 60.0, lease: float | None = None
+                    ) -> AsyncIterator[tuple[Objecter, rbdimage.Image]]:
     """A new image "img" on the OSD at ``port``, opened, with the objecter driving it."""
     async with connected(port, timeout) as obj:
         await rbdimage.create_image(obj, POOL, "img", size, order=order)
-        yield obj, await rbdimage.Image.open(obj, POOL, "img", writeback=writeback)
+        yield obj, await rbdimage.Image.open(obj, POOL, "img", writeback=writeback,
+                                             lease=lease)

@@ -83,7 +83,6 @@ class Objecter:
         self.last_tid = 0
         self.inflight: dict[int, Request] = {}
         self.uncommitted: dict[int, Request] = {}
-        self._commit_changed = trio.Event()
         # uncommitted writes per object, bounded so that every one we may have to resend is
         # still in the OSD's request-id window there (osd.daemon.REQID_KEEP = 128)
         self._per_object: dict[tuple[int, str], int] = {}

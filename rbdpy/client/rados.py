@@ -39,8 +39,10 @@ class ClusterUnavailable(Exception):
 
 
 class Rados:
-    def __init__(self, cfg: config.ClusterConfig, *, pool: str = "rbd") -> None:
+    def __init__(self, cfg: config.ClusterConfig, *, pool: str = "rbd",
+                 options: config.ClientOptions | None = None) -> None:
         self.cfg = cfg
+        self.options = options or config.ClientOptions()
         self.objecter = Objecter(cfg.osdmap)
         self.pool = cfg.osdmap.pool_by_name(pool).id
         self._token: trio.lowlevel.TrioToken | None = None
@@ -146,4 +148,5 @@ class Rados:
 
 def connect(cluster: str | None = None, *, pool: str = "rbd") -> Rados:
     """Connect to the cluster described by the cluster file (see ``rbdpy.config.locate``)."""
-    return Rados(config.load(config.locate(cluster)), pool=pool)
+    return Rados(config.load(config.locate(cluster)), pool=pool,
+                 options=config.ClientOptions.from_env())

@@ -46,11 +46,13 @@ def list_images(rados: Rados) -> dict[str, str]:
 
 def remove_image(rados: Rados, name: str,
                  progress: Callable[[int, int | None], None] | None = None) -> None:
-    rados.run(lambda: rbdimage.remove_image(rados.objecter, rados.pool, name, progress))
+    rados.run(lambda: rbdimage.remove_image(rados.objecter, rados.pool, name, progress,
+                                            lease=rados.options.lock_lease))
 
 
 def rename_image(rados: Rados, name: str, new_name: str) -> None:
-    rados.run(lambda: rbdimage.rename_image(rados.objecter, rados.pool, name, new_name))
+    rados.run(lambda: rbdimage.rename_image(rados.objecter, rados.pool, name, new_name,
+                                            lease=rados.options.lock_lease))
 
 
 def lock_holder(rados: Rados, name: str) -> rbdlock.Holder | None:
@@ -77,7 +79,8 @@ def open_image(rados: Rados, name: str, *, read_only: bool = False, writeback: b
                ) -> SyncImage:
     """Open an image; ``writeback`` as in ``rbdpy.rbd.image`` (False: write-through)."""
     img = rados.run(lambda: rbdimage.Image.open(rados.objecter, rados.pool, name,
-                                                read_only=read_only, writeback=writeback))
+                                                read_only=read_only, writeback=writeback,
+                                                lease=rados.options.lock_lease))
     return SyncImage(rados, img)
 
 

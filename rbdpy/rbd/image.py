@@ -161,10 +161,12 @@ async def lookup_id(objecter: Objecter, pool: int, name: str) -> str:
     return bytes(r.results[0].out).decode()
 
 
-async def remove_image(objecter: Objecter, pool: int, name: str, progress=None) -> None:  # noqa: ANN001
+async def remove_image(objecter: Objecter, pool: int, name: str,
+                       progress: Callable[[int, int | None], None] | None = None, *,
+                       lease: float | None = None) -> None:
     """Delete every data object, the map, the header, then the name (EBUSY while another
     client has the image open for writing)."""
-    img = await Image.open(objecter, pool, name)
+    img = await Image.open(objecter, pool, name, lease=lease)
     await img.remove_data(progress)
     if img.lock is not None:
         img.lock.drop()  # it goes with the header
@@ -179,12 +181,13 @@ async def remove_image(objecter: Objecter, pool: int, name: str, progress=None) 
     await objecter.flush()
 
 
-async def rename_image(objecter: Objecter, pool: int, name: str, new_name: str) -> None:
+async def rename_image(objecter: Objecter, pool: int, name: str, new_name: str, *,
+                       lease: float | None = None) -> None:
     """Rename (``rbd mv``): one atomic op vector on the directory drops the old name and
     adds the new one (EEXIST: nothing changed). Refused (EBUSY) while another client has
     the image open for writing: it holds the lock this takes."""
     _check_name(new_name)
-    img = await Image.open(objecter, pool, name)
+    img = await Image.open(objecter, pool, name, lease=lease)
     try:
         try:
             await objecter.submit(pool, DIRECTORY, [
@@ -233,11 +236,13 @@ class Image:
 
     @classmethod
     async def open(cls, objecter: Objecter, pool: int, name: str, *, read_only: bool = False,
-                   writeback: bool = True) -> Image:
+                   writeback: bool = True, lease: float | None = None) -> Image:
+        """Open ``name``; a writable open takes the exclusive lock with this ``lease``
+        (None: ``lock.LEASE``)."""
         image_id = await lookup_id(objecter, pool, name)
         lock = None
         if not read_only:  # the lock first: the map loaded after it is the truth
-            lock = ImageLock(objecter, pool, header_oid(image_id))
+            lock = ImageLock(objecter, pool, header_oid(image_id), lease)
             try:
                 await lock.acquire()
             except LockBusy as e:
@@ -540,8 +545,9 @@ class Image:
 
     async def _set_map(self, start: int, end: int, value: bool) -> None:
         await self.objecter.submit(self.pool, objmap_oid(self.id), [O.Call(
-            "rbd", "objmap_set", json.dumps({"start": start, "end": end,
-                                             "value": int(value)}).encode())], write=True)
+            "rbd", "objmap_set", json.dumps({"start": start, "end": end, "value": int(value),
+                                             "objects": len(self.objmap)}).encode())],
+            write=True)  # objects: from the header; the OSD refuses a range outside it
         self.objmap[start:end] = value
 
     async def discard(self, offset: int, length: int, *, fua: bool = False) -> None:

@@ -48,7 +48,8 @@ log = logging.getLogger("rbdpy.rbd")
 LOCK_NAME = "rbd_lock"
 LOCK_TAG = "internal"
 LEASE = 30.0
-"""Seconds a holder's lock stays valid without a renewal (``RBDPY_LOCK_LEASE`` overrides)."""
+"""Seconds a holder's lock stays valid without a renewal (``ClientOptions.lock_lease``
+chooses another)."""
 
 BLOCKLIST_FOR = 3600  # seconds a fenced client stays refused (Ceph's default: one hour)
 BLOCKLIST_OID = "osd_blocklist"  # named by Blocklist requests (the op acts on the OSD)
@@ -173,21 +174,15 @@ def here() -> Here:
                 os.getpid())
 
 
-def lease() -> float:
-    try:
-        return float(os.environ.get("RBDPY_LOCK_LEASE", "") or LEASE)
-    except ValueError:
-        return LEASE
-
-
 class ImageLock:
     """This opener's exclusive lock on one image header object."""
 
-    def __init__(self, objecter: Objecter, pool: int, header_oid: str) -> None:
+    def __init__(self, objecter: Objecter, pool: int, header_oid: str,
+                 lease: float | None = None) -> None:
         self.objecter, self.pool, self.oid = objecter, pool, header_oid
         self.owner = f"client.{objecter.me.num}"
         self.cookie = secrets.token_hex(8)
-        self.lease = lease()
+        self.lease = LEASE if lease is None else lease
         self.held = False
         self.lost = False  # the lock was broken by someone else: writes must stop
         self._scope: trio.CancelScope | None = None

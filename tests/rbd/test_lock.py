@@ -160,12 +160,11 @@ async def test_a_holder_on_another_host_is_waited_out_unless_it_renews(
         assert e.value.errno == errno.ESHUTDOWN
 
 
-async def test_a_holder_whose_lock_was_broken_refuses_writes(osd_process, monkeypatch
-                                                             ) -> None:  # noqa: ANN001
-    monkeypatch.setenv("RBDPY_LOCK_LEASE", "0.6")  # renewed every 0.2 s
+async def test_a_holder_whose_lock_was_broken_refuses_writes(osd_process) -> None:  # noqa: ANN001
     osd = osd_process()
     osd.start()
-    async with new_image(osd.port, 4 << 20, order=20) as (obj, img):
+    # a 0.6 s lease, renewed every 0.2 s
+    async with new_image(osd.port, 4 << 20, order=20, lease=0.6) as (obj, img):
         await img.write(0, memoryview(b"before"), fua=True)
         lk = img.lock
         await obj.submit(img.pool, rbdimage.header_oid(img.id), [rlock.lock_call(
