@@ -15,6 +15,8 @@ import glob
 import os
 import site
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import nbdkit
 
@@ -38,12 +40,14 @@ from rbdpy.rbd import api as rbdapi  # noqa: E402
 from rbdpy.rbd.image import ImageError  # noqa: E402
 
 API_VERSION = 2
+T = TypeVar("T")
+Handle = dict[str, bool]  # what open() returns; nbdkit hands it back to every callback
 
 _cfg = {"cluster": None, "image": None, "readonly": False, "pool": "rbd", "writeback": True}
 _state = {"rados": None, "image": None}
 
 
-def config(key, value):  # noqa: ANN001, ANN201
+def config(key: str, value: str) -> None:
     if key in ("cluster", "image", "pool"):
         _cfg[key] = value
     elif key in ("readonly", "writeback"):
@@ -55,23 +59,23 @@ def config(key, value):  # noqa: ANN001, ANN201
                            "(want cluster=, image=, pool=, readonly=, writeback=)")
 
 
-def config_complete():  # noqa: ANN201
+def config_complete() -> None:
     if not _cfg["image"]:
         raise RuntimeError("image= is required")
 
 
-def config_help():  # noqa: ANN201
+def config_help() -> str:
     return ("cluster=PATH   cluster file or data directory (default $RBDPY_CLUSTER or "
             "./rbdpy-data)\nimage=NAME     image to serve\nreadonly=1     refuse writes\n"
             "writeback=0    writes wait for the OSD (default 1: they return once sent; "
             "flush\n               makes them durable and reports any that failed)")
 
 
-def thread_model():  # noqa: ANN201
+def thread_model() -> int:
     return nbdkit.THREAD_MODEL_PARALLEL
 
 
-def _open_image():  # noqa: ANN202
+def _open_image() -> tuple[Rados, rbdapi.SyncImage]:
     cfg = rconfig.load(rconfig.locate(_cfg["cluster"]))
     rados = Rados(cfg, pool=_cfg["pool"], options=rconfig.ClientOptions.from_env())
     try:
@@ -84,7 +88,7 @@ def _open_image():  # noqa: ANN202
     return rados, img
 
 
-def get_ready():  # noqa: ANN201
+def get_ready() -> None:
     """Fail at startup, with one clear line, if the image or the cluster is not there."""
     try:
         rados, img = _open_image()
@@ -94,14 +98,14 @@ def get_ready():  # noqa: ANN201
     rados.close()
 
 
-def after_fork():  # noqa: ANN201
+def after_fork() -> None:
     _state["rados"], _state["image"] = _open_image()
 
 
 CLEANUP_FLUSH_TIMEOUT = 30.0  # nbdkit exits even when the OSDs are gone for good
 
 
-def cleanup():  # noqa: ANN201
+def cleanup() -> None:
     if _state["rados"] is not None:
         try:
             _state["image"].flush(timeout=CLEANUP_FLUSH_TIMEOUT)
@@ -113,68 +117,68 @@ def cleanup():  # noqa: ANN201
             _state["rados"].close()
 
 
-def open(readonly):  # noqa: A001, ANN001, ANN201
+def open(readonly: bool) -> Handle:  # noqa: A001 - the name nbdkit calls
     if _state["image"] is None:
         _state["rados"], _state["image"] = _open_image()
     return {"readonly": readonly or _cfg["readonly"]}
 
 
-def get_size(h):  # noqa: ANN001, ANN201
+def get_size(h: Handle) -> int:
     return _state["image"].size
 
 
-def block_size(h):  # noqa: ANN001, ANN201
+def block_size(h: Handle) -> tuple[int, int, int]:
     # minimum 1 (any byte range works), preferred 4 KiB, maximum 32 MiB (nbdkit's own cap)
     return (1, 4096, 32 * 1024 * 1024)
 
 
-def can_write(h):  # noqa: ANN001, ANN201
+def can_write(h: Handle) -> bool:
     return not h["readonly"]
 
 
-def can_flush(h):  # noqa: ANN001, ANN201
+def can_flush(h: Handle) -> bool:
     return True
 
 
-def can_trim(h):  # noqa: ANN001, ANN201
+def can_trim(h: Handle) -> bool:
     return True
 
 
-def can_zero(h):  # noqa: ANN001, ANN201
+def can_zero(h: Handle) -> bool:
     return True
 
 
-def can_fast_zero(h):  # noqa: ANN001, ANN201
+def can_fast_zero(h: Handle) -> bool:
     return True
 
 
-def can_fua(h):  # noqa: ANN001, ANN201
+def can_fua(h: Handle) -> int:
     return nbdkit.FUA_NATIVE
 
 
-def can_multi_conn(h):  # noqa: ANN001, ANN201
+def can_multi_conn(h: Handle) -> bool:
     return True  # one objecter per nbdkit process: flush covers every connection's writes
 
 
-def can_extents(h):  # noqa: ANN001, ANN201
+def can_extents(h: Handle) -> bool:
     return True
 
 
-def is_rotational(h):  # noqa: ANN001, ANN201
+def is_rotational(h: Handle) -> bool:
     return False
 
 
-def _errno_edge(fn):  # noqa: ANN001, ANN202
+def _errno_edge(fn: Callable[..., T]) -> Callable[..., T]:
     """Typed errors inside become errno values here: set_error, then raise (never a fake
     success with an unfilled buffer)."""
     import functools
 
     @functools.wraps(fn)
-    def wrapper(*args):  # noqa: ANN002, ANN202
+    def wrapper(*args: Any) -> T:
         try:
             return fn(*args)
-        except (OSDError, ImageError, OSError) as e:
-            err = getattr(e, "errno", None)
+        except OSError as e:  # rbdpy's errors (RbdpyError) included: each has its errno
+            err = e.errno
             nbdkit.set_error(err if isinstance(err, int) and err > 0 else errno.EIO)
             raise
 
@@ -182,33 +186,33 @@ def _errno_edge(fn):  # noqa: ANN001, ANN202
 
 
 @_errno_edge
-def pread(h, buf, offset, flags):  # noqa: ANN001, ANN201
+def pread(h: Handle, buf: bytearray, offset: int, flags: int) -> None:
     _state["image"].read(offset, buf)
 
 
 @_errno_edge
-def pwrite(h, buf, offset, flags):  # noqa: ANN001, ANN201
+def pwrite(h: Handle, buf: memoryview, offset: int, flags: int) -> None:
     _state["image"].write(offset, buf, fua=bool(flags & nbdkit.FLAG_FUA))
 
 
 @_errno_edge
-def flush(h, flags):  # noqa: ANN001, ANN201
+def flush(h: Handle, flags: int) -> None:
     _state["image"].flush()
 
 
 @_errno_edge
-def trim(h, count, offset, flags):  # noqa: ANN001, ANN201
+def trim(h: Handle, count: int, offset: int, flags: int) -> None:
     _state["image"].discard(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
 
 
 @_errno_edge
-def zero(h, count, offset, flags):  # noqa: ANN001, ANN201
+def zero(h: Handle, count: int, offset: int, flags: int) -> None:
     # always fast: whole objects are deleted, partial ranges zeroed on the OSD, no data sent
     _state["image"].write_zeroes(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
 
 
 @_errno_edge
-def extents(h, count, offset, flags):  # noqa: ANN001, ANN201
+def extents(h: Handle, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
     runs = _state["image"].extents(offset, count)
     hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
     return [(off, n, 0 if alloc else hole) for off, n, alloc in runs]

@@ -6,7 +6,7 @@ import logging as _logging
 _logging.getLogger("rbdpy").addHandler(_logging.NullHandler())
 
 
-def connect(cluster: str | None = None, *, pool: str = "rbd"):  # noqa: ANN201
+def connect(cluster: str | None = None, *, pool: str = "rbd"):
     """Connect to a cluster (a ``rbdpy.client.rados.Rados``): objects, and images through
     ``rbdpy.open_image(cluster, "disk0")``."""
     from rbdpy.client.rados import connect as _connect
@@ -14,7 +14,7 @@ def connect(cluster: str | None = None, *, pool: str = "rbd"):  # noqa: ANN201
     return _connect(cluster, pool=pool)
 
 
-def open_image(cluster, name: str, *, read_only: bool = False, writeback: bool = True):  # noqa: ANN001, ANN201
+def open_image(cluster, name: str, *, read_only: bool = False, writeback: bool = True):
     """Open an image on a connected cluster (see rbdpy.rbd.api.open_image)."""
     from rbdpy.rbd.api import open_image as _open_image
 

@@ -26,7 +26,7 @@ async def gather(calls: Iterable[Callable[[], Awaitable[Any]]]) -> None:
     async def one(call: Callable[[], Awaitable[Any]]) -> None:
         try:
             await call()
-        except Exception as e:  # noqa: BLE001 - collected, the first is raised below
+        except Exception as e:  # collected, the first is raised below
             failures.append(e)
 
     async with trio.open_nursery() as n:

@@ -30,7 +30,7 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str | int = "warning", stream=None) -> None:  # noqa: ANN001
+def setup(level: str | int = "warning", stream=None) -> None:
     """Install the key=value handler on the ``rbdpy`` logger (idempotent)."""
     logger = logging.getLogger("rbdpy")
     for h in list(logger.handlers):

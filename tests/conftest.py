@@ -85,7 +85,7 @@ class OSDProc:
 
 
 @pytest.fixture
-def osd_process(tmp_path: Path):  # noqa: ANN201
+def osd_process(tmp_path: Path):
     """A factory of OSD processes (data under tmp_path); all are stopped at teardown."""
     made: list[OSDProc] = []
 

@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from rbdpy.localcluster import pid_alive  # noqa: F401 - re-exported; a zombie counts as dead
+from rbdpy.localcluster import pid_alive  # re-exported; a zombie counts as dead
 
 
 def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:

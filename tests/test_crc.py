@@ -20,7 +20,7 @@ def test_fast_implementation_is_in_use() -> None:
 
 
 @pytest.mark.parametrize("fn", [crc32c, crc32c_reference])
-def test_check_value(fn) -> None:  # noqa: ANN001
+def test_check_value(fn) -> None:
     assert fn(b"123456789") == 0xE3069283
     assert fn(b"") == 0
     # RFC 3720 B.4 vectors (iSCSI): 32 bytes of zeros, of 0xff, and an ascending sequence

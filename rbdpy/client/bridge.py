@@ -64,7 +64,7 @@ class ThreadBridge:
         self._tls = threading.local()
         self._started: set[_Call] = set()  # started calls whose done() has not come yet
 
-    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run on the trio side (``await nursery.start(bridge.serve)``) until cancelled."""
         self._token = trio.lowlevel.current_trio_token()
         self._task = trio.lowlevel.current_task()
@@ -107,7 +107,7 @@ class ThreadBridge:
         self._started.add(call)
         try:
             started = call.start(*call.args, call.done)  # type: ignore[misc]
-        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+        except BaseException as e:  # handed to the calling thread
             call.done(e)
             return True
         if not started:
@@ -120,7 +120,7 @@ class ThreadBridge:
         """A posted call: ``fn(*args, closed)``; it must handle its own errors."""
         try:
             call.fn(*call.args, closed)
-        except Exception:  # noqa: BLE001 - nobody to hand it to; the loop must go on
+        except Exception:  # nobody to hand it to; the loop must go on
             log.exception("posted call %r failed", call.fn)
 
     def _wake(self) -> None:
@@ -140,7 +140,7 @@ class ThreadBridge:
         except trio.Cancelled:
             call.error = BridgeClosed("the cluster connection closed during the call")
             raise
-        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+        except BaseException as e:  # handed to the calling thread
             call.error = e
         finally:
             call.lock.release()

@@ -186,7 +186,7 @@ class Objecter:
         cb, req.on_done = req.on_done, None
         try:
             cb(req)  # type: ignore[misc]
-        except Exception:  # noqa: BLE001 - a caller's bug must not stop the reply reader
+        except Exception:  # a caller's bug must not stop the reply reader
             log.exception("completion callback of tid %d failed", req.tid)
 
     def _admit(self, req: Request) -> bool:

@@ -60,7 +60,7 @@ class Rados:
     def _main(self) -> None:
         try:
             trio.run(self._serve)
-        except BaseException as e:  # noqa: BLE001 - reported to the opener
+        except BaseException as e:  # reported to the opener
             self._error = e
             self._ready.set()
 

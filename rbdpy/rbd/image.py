@@ -326,7 +326,7 @@ class Image:
             return
         await gather(partial(self._read_extent, ex, buf) for ex in exts)
 
-    async def _read_extent(self, ex, buf: memoryview) -> None:  # noqa: ANN001
+    async def _read_extent(self, ex, buf: memoryview) -> None:
         dests = [buf[o : o + n] for o, n in ex.buffer_extents]
         if self._known_hole(ex.objectno):
             _zero(dests)
@@ -435,7 +435,7 @@ class Image:
         try:
             self.objecter.start(self.pool, oid, [_write_op(ex, data)], write=True,
                                 wait_commit=True, on_done=self._behind(oid, ex.length))
-        except Exception as e:  # noqa: BLE001 - nobody waits: the next flush reports it
+        except Exception as e:  # nobody waits: the next flush reports it
             log.exception("posted write to %s failed to start", oid)
             if self._wb_error is None:
                 self._wb_error = OSDError(errno.EIO, f"write-back to {oid}: {e}")
@@ -522,7 +522,7 @@ class Image:
         lent.append(token)
         return owned
 
-    async def _write_extent(self, ex, buf: memoryview, fua: bool) -> None:  # noqa: ANN001
+    async def _write_extent(self, ex, buf: memoryview, fua: bool) -> None:
         await self._mark_exists(ex.objectno)
         await self.objecter.submit(self.pool, data_oid(self.id, ex.objectno),
                                    [_write_op(ex, buf)], write=True, wait_commit=fua)
@@ -558,7 +558,7 @@ class Image:
 
     write_zeroes = discard  # both leave exact zeros on every byte of the range
 
-    async def _discard_extent(self, ex, fua: bool) -> None:  # noqa: ANN001
+    async def _discard_extent(self, ex, fua: bool) -> None:
         if self._known_hole(ex.objectno):
             return
         oid = data_oid(self.id, ex.objectno)
@@ -649,7 +649,7 @@ class Image:
                 raise
         await self._set_map(objno, objno + 1, False)
 
-    async def remove_data(self, progress=None) -> None:  # noqa: ANN001
+    async def remove_data(self, progress=None) -> None:
         if not self.trust_map:
             await self.refresh_map()
         present = np.flatnonzero(self.objmap).tolist()
@@ -680,12 +680,12 @@ class Image:
         return total
 
 
-def _write_op(ex, buf: memoryview) -> O.Write:  # noqa: ANN001
+def _write_op(ex, buf: memoryview) -> O.Write:
     """The Write op of one object extent: views of the (caller's or copied) buffer."""
     return O.Write(ex.offset, [buf[o : o + n] for o, n in ex.buffer_extents])
 
 
-def _place_read(r, length: int, dests: list[memoryview]) -> None:  # noqa: ANN001
+def _place_read(r, length: int, dests: list[memoryview]) -> None:
     """Put a read reply's data in ``dests``: usually it landed there already; zero what the
     object did not have."""
     got = r.results[0].out or []

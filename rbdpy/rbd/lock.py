@@ -274,7 +274,7 @@ class ImageLock:
                                       "writes now fail (ESHUTDOWN)")
                             return
                         log.warning("renewing the image lock failed: %s", e)
-                    except Exception as e:  # noqa: BLE001 - this task runs in the messenger's
+                    except Exception as e:  # this task runs in the messenger's
                         # nursery: an escaping error would stop the whole client
                         log.warning("renewing the image lock failed: %r", e)
             finally:

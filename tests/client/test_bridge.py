@@ -39,7 +39,7 @@ class Loop:
 
 
 @pytest.fixture
-def loop():  # noqa: ANN201
+def loop():
     lp = Loop()
     yield lp
     if lp.thread.is_alive():
@@ -59,7 +59,7 @@ def test_started_call_completes_when_done_is_called_later(loop: Loop) -> None:
     task, in rbdpy a reply callback) calls done: no task is spawned for the call itself."""
     ran_fallback = []
 
-    def start(x: int, done) -> bool:  # noqa: ANN001
+    def start(x: int, done) -> bool:
         async def later() -> None:
             await trio.sleep(0.01)
             done(None)
@@ -75,7 +75,7 @@ def test_started_call_completes_when_done_is_called_later(loop: Loop) -> None:
 
 
 def test_started_call_reports_the_error_given_to_done(loop: Loop) -> None:
-    def start(done) -> bool:  # noqa: ANN001
+    def start(done) -> bool:
         done(OSError(5, "boom"))  # completion may come at once, inside the starter
         return True
 
@@ -87,7 +87,7 @@ def test_started_call_reports_the_error_given_to_done(loop: Loop) -> None:
 
 
 def test_starter_that_raises_fails_the_call(loop: Loop) -> None:
-    def start(done) -> bool:  # noqa: ANN001
+    def start(done) -> bool:
         raise ValueError("bad range")
 
     async def fallback() -> None:
@@ -114,7 +114,7 @@ def test_closing_fails_a_started_call_that_never_completes() -> None:
         try:
             loop.bridge.call_started(lambda done: True, None)  # type: ignore[arg-type]
             result.append(None)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             result.append(e)
 
     t = threading.Thread(target=caller)

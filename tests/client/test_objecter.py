@@ -27,7 +27,7 @@ ATTEMPT_AT = O._REQ_HEAD.size - 4  # the request head ends with the attempt (u32
 
 
 @pytest.fixture
-def osd(osd_process):  # noqa: ANN001, ANN201
+def osd(osd_process):
     """A running OSD from ``osd_process`` (tests/conftest.py), stopped by PID at teardown."""
     o = osd_process()
     o.start()
@@ -79,7 +79,7 @@ async def test_inflight_writes_complete_once_across_kill9_restarts(osd: OSDProc)
                                          write=True, wait_commit=i % 2 == 0)
                         await obj.submit(POOL, f"d{i % 8}", [O.Write(i * BS, block(i, 1))],
                                          write=True)
-                    except BaseException as e:  # noqa: BLE001
+                    except BaseException as e:
                         errors.append(e)
                         raise
                 done += 1
@@ -216,7 +216,7 @@ def test_attempt_sits_at_the_end_of_the_request_head() -> None:
 
 
 async def test_uncommitted_writes_per_object_stay_inside_the_osd_request_id_window(
-        osd_process, monkeypatch) -> None:  # noqa: ANN001
+        osd_process, monkeypatch) -> None:
     """300 non-idempotent writes to one object at once while commits are held back, then
     kill -9: whatever has to be resent must still be in the OSD's request-id window (128
     per client and object), or it is applied twice (EEXIST here). The objecter keeps at most
@@ -237,7 +237,7 @@ async def test_uncommitted_writes_per_object_stay_inside_the_osd_request_id_wind
                 nonlocal acked
                 try:
                     await obj.submit(POOL, DIR, [dir_add(i)], write=True)
-                except BaseException as e:  # noqa: BLE001
+                except BaseException as e:
                     errors.append(e)
                     raise
                 acked += 1
@@ -267,7 +267,7 @@ async def test_uncommitted_writes_per_object_stay_inside_the_osd_request_id_wind
 
 
 async def test_a_write_cancelled_while_queued_behind_the_object_limit_is_never_sent(
-        osd_process, monkeypatch) -> None:  # noqa: ANN001
+        osd_process, monkeypatch) -> None:
     from rbdpy.client.objecter import MAX_UNCOMMITTED_PER_OBJECT as LIMIT
 
     monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "0.5")

@@ -21,7 +21,7 @@ def _rados(port: int) -> Rados:
     return Rados(ClusterConfig(Path("unused.toml"), single_osd_map(port), {}), pool="rbd")
 
 
-def _with_image(osd_process, size: int) -> tuple:  # noqa: ANN001
+def _with_image(osd_process, size: int) -> tuple:
     """A started OSD and a client on it with a new image "img" (order 20) opened."""
     osd = osd_process()
     osd.start()
@@ -30,7 +30,7 @@ def _with_image(osd_process, size: int) -> tuple:  # noqa: ANN001
     return osd, r, rbdapi.open_image(r, "img")
 
 
-def _after_kill9(osd, length: int) -> bytes:  # noqa: ANN001
+def _after_kill9(osd, length: int) -> bytes:
     """kill -9 the OSD, start it again and read the image's first ``length`` bytes."""
     osd.kill9()
     osd.start()
@@ -41,7 +41,7 @@ def _after_kill9(osd, length: int) -> bytes:  # noqa: ANN001
         r.close()
 
 
-def test_posted_small_writes_are_read_back_and_survive_kill9(osd_process) -> None:  # noqa: ANN001
+def test_posted_small_writes_are_read_back_and_survive_kill9(osd_process) -> None:
     """Small write-back writes are *posted* (the writer returns before the cluster thread
     sees them): reads made afterwards, from any thread, still see them, and after flush
     they survive kill -9 of the OSD."""
@@ -79,7 +79,7 @@ def test_posted_small_writes_are_read_back_and_survive_kill9(osd_process) -> Non
     assert _after_kill9(osd, 8 << 20) == want
 
 
-def test_close_returns_when_the_osd_is_gone(osd_process) -> None:  # noqa: ANN001
+def test_close_returns_when_the_osd_is_gone(osd_process) -> None:
     """Closing releases the image's lock, best effort: with the OSD killed it must still
     return (the next writer breaks the lock), not wait for an answer forever."""
     osd, r, img = _with_image(osd_process, 1 << 20)
@@ -92,7 +92,7 @@ def test_close_returns_when_the_osd_is_gone(osd_process) -> None:  # noqa: ANN00
 
 
 def test_a_bounded_flush_gives_up_while_the_osd_is_stopped_and_succeeds_after(
-        osd_process) -> None:  # noqa: ANN001
+        osd_process) -> None:
     """nbdkit's exit flush is bounded (a cluster gone for good must not hang it): with the
     OSD stopped the flush fails with ETIMEDOUT, keeping the writes, which a later flush
     makes durable."""

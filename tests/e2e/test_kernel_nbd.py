@@ -133,7 +133,7 @@ class Server:
 # the guest: kernel, initramfs, qemu
 
 
-def _run(cmd: list[str], **kw) -> str:  # noqa: ANN003
+def _run(cmd: list[str], **kw) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stdout}{r.stderr}")

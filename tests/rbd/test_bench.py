@@ -127,7 +127,7 @@ def test_errors_that_need_the_image(cluster: Path) -> None:
         assert says in r.stderr and "Traceback" not in r.stderr
 
 
-async def test_run_bench_reports_progress_and_counts(osd_process) -> None:  # noqa: ANN001
+async def test_run_bench_reports_progress_and_counts(osd_process) -> None:
     osd = osd_process()
     osd.start()
     seen: list[bench.Progress] = []

@@ -28,7 +28,7 @@ def _map(epoch: int, ports: list[int], down: set[int] = frozenset()) -> OSDMap:
 @pytest.mark.parametrize("size", [8192, 256 << 10])  # a plain copy; a pooled copy
 async def test_primary_change_before_commit_resends_the_written_bytes(osd_process, monkeypatch,
                                                                       size: int
-                                                                      ) -> None:  # noqa: ANN001
+                                                                      ) -> None:
     monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "1.5")
     procs = [osd_process("osd0", 0), osd_process("osd1", 1)]
     for p in procs:

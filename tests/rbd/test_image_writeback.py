@@ -15,7 +15,7 @@ from rbdpy.testing import POOL, new_image
 
 
 @asynccontextmanager
-async def image_on(osd, size: int, order: int, *, writeback: bool = True,  # noqa: ANN001, ANN201
+async def image_on(osd, size: int, order: int, *, writeback: bool = True,
                    max_dirty: int = rbdimage.MAX_DIRTY):
     """A new image on the (started) OSD ``osd``, with a ``max_dirty`` of our choosing."""
     async with new_image(osd.port, size, order, writeback=writeback) as (obj, img):
@@ -23,7 +23,7 @@ async def image_on(osd, size: int, order: int, *, writeback: bool = True,  # noq
         yield obj, img
 
 
-async def test_write_returns_before_the_ack_and_reads_see_it(osd_process) -> None:  # noqa: ANN001
+async def test_write_returns_before_the_ack_and_reads_see_it(osd_process) -> None:
     osd = osd_process()
     osd.start()
     async with image_on(osd, 8 << 20, order=20) as (obj, img):
@@ -54,7 +54,7 @@ async def test_write_returns_before_the_ack_and_reads_see_it(osd_process) -> Non
         assert img.dirty_bytes == 0
 
 
-async def test_reads_queue_behind_writes_held_back_by_the_object_limit(  # noqa: ANN001
+async def test_reads_queue_behind_writes_held_back_by_the_object_limit(
         osd_process, monkeypatch) -> None:
     """With commits held, writes past the per-object limit wait in the objecter; a read of
     that object must not overtake them (it would return stale bytes)."""
@@ -73,7 +73,7 @@ async def test_reads_queue_behind_writes_held_back_by_the_object_limit(  # noqa:
         await img.flush()
 
 
-async def test_dirty_bytes_stay_bounded(osd_process, monkeypatch) -> None:  # noqa: ANN001
+async def test_dirty_bytes_stay_bounded(osd_process, monkeypatch) -> None:
     monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "0.2")
     osd = osd_process()
     osd.start()
@@ -97,7 +97,7 @@ async def test_dirty_bytes_stay_bounded(osd_process, monkeypatch) -> None:  # no
         assert got == want
 
 
-async def test_failed_write_back_is_reported_by_the_next_flush_once(osd_process) -> None:  # noqa: ANN001
+async def test_failed_write_back_is_reported_by_the_next_flush_once(osd_process) -> None:
     """A real full disk: the OSD's files may not grow past 6 MiB (RLIMIT_FSIZE, EFBIG), so a
     write-back write at 16 MiB into a 32 MiB object fails after the write returned."""
     osd = osd_process()
@@ -124,7 +124,7 @@ async def test_failed_write_back_is_reported_by_the_next_flush_once(osd_process)
 
 
 async def test_a_cancelled_flush_leaves_the_failure_for_the_next_one(osd_process, monkeypatch
-                                                                      ) -> None:  # noqa: ANN001
+                                                                      ) -> None:
     """A bounded flush that times out (nbdkit's exit flush) must not swallow a write-back
     failure it never got to report: the next flush raises it."""
     monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "1.0")  # commits come late
@@ -143,7 +143,7 @@ async def test_a_cancelled_flush_leaves_the_failure_for_the_next_one(osd_process
         assert ei.value.errno == errno.ENOSPC
 
 
-async def test_a_write_across_objects_fails_with_the_osds_errno(osd_process) -> None:  # noqa: ANN001
+async def test_a_write_across_objects_fails_with_the_osds_errno(osd_process) -> None:
     """One of the two objects a FUA write spans is on a full disk (the OSD's files may not
     pass 6 MiB): the caller gets that OSDError, ENOSPC, itself; not an ExceptionGroup of
     the concurrent object writes, which the NBD edge could not turn into an errno."""

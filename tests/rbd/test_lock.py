@@ -71,7 +71,7 @@ async def _start_read(img: rbdimage.Image, off: int, n: int) -> bytes:
 
 
 async def test_one_writer_and_readers_see_what_it_allocates_after_they_opened(
-        osd_process) -> None:  # noqa: ANN001
+        osd_process) -> None:
     osd = osd_process()
     osd.start()
     async with new_image(osd.port, 16 << 20, order=20) as (_obj, img), \
@@ -106,7 +106,7 @@ async def test_one_writer_and_readers_see_what_it_allocates_after_they_opened(
 
 
 async def test_an_abandoned_opener_in_this_process_does_not_lock_the_image_forever(
-        osd_process) -> None:  # noqa: ANN001
+        osd_process) -> None:
     osd = osd_process()
     osd.start()
     async with new_image(osd.port, 4 << 20, order=20) as (_obj, img):
@@ -118,7 +118,7 @@ async def test_an_abandoned_opener_in_this_process_does_not_lock_the_image_forev
 
 
 async def test_a_holder_on_another_host_is_waited_out_unless_it_renews(
-        osd_process) -> None:  # noqa: ANN001
+        osd_process) -> None:
     """Liveness on another host cannot be checked: the opener waits for the holder's lease
     and takes (fences, breaks) the lock only if it ran out unrenewed; a holder that renews
     meanwhile is alive, and the open fails with EBUSY."""
@@ -160,7 +160,7 @@ async def test_a_holder_on_another_host_is_waited_out_unless_it_renews(
         assert e.value.errno == errno.ESHUTDOWN
 
 
-async def test_a_holder_whose_lock_was_broken_refuses_writes(osd_process) -> None:  # noqa: ANN001
+async def test_a_holder_whose_lock_was_broken_refuses_writes(osd_process) -> None:
     osd = osd_process()
     osd.start()
     # a 0.6 s lease, renewed every 0.2 s
@@ -178,7 +178,7 @@ async def test_a_holder_whose_lock_was_broken_refuses_writes(osd_process) -> Non
         assert await _read(img, 0, 6) == b"before"
 
 
-async def test_a_stalled_holder_is_fenced_before_its_lock_is_taken(osd_process) -> None:  # noqa: ANN001
+async def test_a_stalled_holder_is_fenced_before_its_lock_is_taken(osd_process) -> None:
     """A holder presumed dead may only be stalled. Its lock is taken only after every OSD
     fenced its client, so its late writes fail (ESHUTDOWN) instead of landing behind the
     new holder's back, even before it notices anything itself."""
@@ -205,7 +205,7 @@ async def test_a_stalled_holder_is_fenced_before_its_lock_is_taken(osd_process) 
 
 
 async def test_a_lock_is_not_taken_while_an_osd_cannot_fence_its_holder(
-        osd_process, monkeypatch) -> None:  # noqa: ANN001
+        osd_process, monkeypatch) -> None:
     """Every OSD must refuse the old holder before its lock changes hands: with one OSD
     down, taking over fails with a clear error (the lock stays), and works once it is up."""
     monkeypatch.setattr(rlock, "FENCE_TIMEOUT", 1.0)

@@ -49,7 +49,7 @@ def _rados(port: int) -> Rados:
     return Rados(ClusterConfig(Path("unused.toml"), single_osd_map(port), {}), pool="rbd")
 
 
-def test_import_then_export_is_identical_and_sparse(osd_process, tmp_path: Path) -> None:  # noqa: ANN001
+def test_import_then_export_is_identical_and_sparse(osd_process, tmp_path: Path) -> None:
     osd = osd_process()
     osd.start()
     src = tmp_path / "src.raw"
@@ -92,7 +92,7 @@ def test_import_then_export_is_identical_and_sparse(osd_process, tmp_path: Path)
         r.close()
 
 
-def test_a_pipe_in_and_out(osd_process, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_pipe_in_and_out(osd_process, tmp_path: Path) -> None:
     """Size unknown on the way in (the image grows, then is cut to the stream's length);
     every byte in order on the way out."""
     osd = osd_process()
