@@ -5,7 +5,6 @@ in-memory table did before it (window, failures, evictions, delete and re-create
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 
 from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message
@@ -30,13 +29,7 @@ class Peer:
 def crash(osd: OSD) -> OSD:
     """kill -9: drop the store without commit or checkpoint (the page cache keeps what was
     written), then start a new OSD on the same directory (journal replay)."""
-    s = osd.store
-    for fd in s._fds.values():
-        os.close(fd)
-    s._fds.clear()
-    os.close(s._jfd)
-    os.close(s._meta_fd)
-    s._closed = True
+    osd.store.abandon()
     return OSD(osd.id, osd.data_dir)
 
 

@@ -33,12 +33,7 @@ _spec.loader.exec_module(crash_child)
 def abandon(store: ObjectStore) -> None:
     """Drop a store without committing or checkpointing: what kill -9 leaves (the page cache
     keeps everything the process wrote)."""
-    for fd in store._fds.values():
-        os.close(fd)
-    store._fds.clear()
-    os.close(store._jfd)
-    os.close(store._meta_fd)
-    store._closed = True
+    store.abandon()
 
 
 def err(exc_info) -> int:
@@ -251,8 +246,8 @@ def test_large_writes_reach_the_file_in_aligned_pieces(tmp_path, monkeypatch):
     calls: list[tuple[int, int]] = []
     real = os.pwritev
 
-    def spy(fd, iov, pos):  # noqa: ANN001, ANN202
-        if fd != s._jfd:
+    def spy(fd, iov, pos):
+        if fd != s._journal.fd:
             calls.append((pos, sum(len(b) for b in iov)))
         return real(fd, iov, pos)
 
@@ -411,7 +406,7 @@ def test_torn_journal_tail_drops_only_the_torn_txn(tmp_path):
     s.commit()
     jpos = s._jpos
     s.apply("b", Transaction().write(0, b"3" * BS).setxattr("x", b"y"))
-    jfile = s._jpath(s._jgen)
+    jfile = s._journal.segment_path(s._journal.gen)
     abandon(s)
     with open(jfile, "r+b") as f:  # tear the last record at several points
         for cut in (jpos + 2000, jpos + 30, jpos + 10):
@@ -433,12 +428,12 @@ def test_forged_record_in_write_data_is_not_replayed(tmp_path):
     boundary; a record forged in that data (valid magic, seq and crcs) must not replay."""
     import struct
 
-    import rbdpy.osd.store.objectstore as sm
     from rbdpy.crc import crc32c
+    from rbdpy.osd.store import format as fmt
 
-    payload = b"".join(bytes(b) for b in sm._encode_txn(
-        "evil", 0.0, [(sm._CREATE,), (sm._WRITE, 0, [memoryview(b"EVIL")], 4)]))
-    hdr = sm._J_HDR.pack(sm._J_MAGIC, len(payload), 3, 0, crc32c(payload))
+    payload = b"".join(bytes(b) for b in fmt.encode_txn(
+        "evil", 0.0, [(fmt.OP_CREATE,), (fmt.OP_WRITE, 0, [memoryview(b"EVIL")], 4)]))
+    hdr = fmt.J_HDR.pack(fmt.J_MAGIC, len(payload), 3, 0, crc32c(payload))
     forged = hdr + struct.pack("<I", crc32c(hdr)) + payload
     p = tmp_path / "s"
     s = ObjectStore(p)
@@ -446,9 +441,9 @@ def test_forged_record_in_write_data_is_not_replayed(tmp_path):
     P = s._jpos
     k = 100
     s.apply("a", Transaction().write(0, b"a" * k + forged + b"b" * 1000))
-    jfile = s._jpath(s._jgen)
+    jfile = s._journal.segment_path(s._journal.gen)
     abandon(s)
-    data_at = P + sm._J_HDR_LEN + 2 + len("a") + sm._TXN_PREFIX.size + sm._OP_WRITE.size
+    data_at = P + fmt.J_HDR_LEN + 2 + len("a") + fmt.TXN_PREFIX.size + fmt.OPH_WRITE.size
     os.truncate(jfile, data_at + k + len(forged) + 10)  # torn in the trailing b's
     s = ObjectStore(p)
     assert s.applied_seq == 1
@@ -468,7 +463,7 @@ def test_replay_repairs_torn_data_block(tmp_path):
     s.apply("a", Transaction().write(0, pattern(4 * BS, 1)))
     s.checkpoint()
     s.apply("a", Transaction().write(BS, pattern(2 * BS, 2)))
-    path = s._path("a")[1]
+    path = s._files.path("a")[1]
     abandon(s)
     with open(path, "r+b") as f:  # a kill in the middle of the data pwrite
         f.seek(BS + 1000)
@@ -512,7 +507,7 @@ def test_direct_write_without_journal_record_is_absent(tmp_path, monkeypatch):
     real = os.pwritev
 
     def full(fd, bufs, pos):
-        if fd == s._jfd:
+        if fd == s._journal.fd:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, bufs, pos)
 
@@ -535,7 +530,7 @@ def test_bit_flip_gives_eio(tmp_path, caplog):
     s = ObjectStore(p)
     data = pattern(6 * BS, 9)
     s.apply("a", Transaction().write(0, data))
-    path = s._path("a")[1]
+    path = s._files.path("a")[1]
     s.close()
     with open(path, "r+b") as f:
         f.seek(2 * BS + 77)
@@ -579,7 +574,7 @@ def test_checkpoint_log_compaction(tmp_path):
     meta = p / "meta"
     before = meta.stat().st_size
     with s._commit_lock:
-        s._compact_meta()
+        s._meta.compact()
     assert meta.stat().st_size < before
     s.apply("o0", Transaction().setxattr("after", b"1"))
     s.checkpoint()  # appends to the compacted log
@@ -604,7 +599,7 @@ def test_enospc_in_journal(tmp_path, monkeypatch, partial):
     real = os.pwritev
 
     def full(fd, bufs, pos):
-        if fd == s._jfd:
+        if fd == s._journal.fd:
             if partial:  # some bytes make it, then the disk is full
                 real(fd, [memoryview(bufs[0])[:10]], pos)
                 return 10
@@ -612,7 +607,7 @@ def test_enospc_in_journal(tmp_path, monkeypatch, partial):
         return real(fd, bufs, pos)
 
     def refuse(fd, bufs, pos):
-        if fd == s._jfd and pos > before_pos:
+        if fd == s._journal.fd and pos > before_pos:
             raise OSError(errno.ENOSPC, "No space left on device")
         return full(fd, bufs, pos)
 
@@ -626,7 +621,8 @@ def test_enospc_in_journal(tmp_path, monkeypatch, partial):
         assert err(e) == errno.ENOSPC
     assert (s.stat("a"), s.read("a", 0, 4 * BS), s.applied_seq) == before
     assert not s.exists("new") and s._jpos == before_pos
-    assert os.path.getsize(s._jpath(s._jgen)) == before_pos  # the partial record is gone
+    jfile = s._journal.segment_path(s._journal.gen)
+    assert os.path.getsize(jfile) == before_pos  # the partial record is gone
     monkeypatch.setattr(os, "pwritev", real)
     s.apply("b", Transaction().write(0, b"ok"))
     abandon(s)
@@ -637,7 +633,7 @@ def test_enospc_in_journal(tmp_path, monkeypatch, partial):
 
 
 def test_enospc_in_data_preallocation(tmp_path, monkeypatch):
-    import rbdpy.osd.store.objectstore as store_mod
+    from rbdpy.osd.store import blockio
 
     s = ObjectStore(tmp_path / "s")
     s.apply("a", Transaction().write(0, b"a" * BS))
@@ -645,7 +641,7 @@ def test_enospc_in_data_preallocation(tmp_path, monkeypatch):
     def nospace(fd, mode, off, ln):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_mod, "fallocate", nospace)
+    monkeypatch.setattr(blockio, "fallocate", nospace)
     with pytest.raises(StoreError) as e:
         s.apply("a", Transaction().write(8 * BS, b"b" * BS))
     assert err(e) == errno.ENOSPC
@@ -749,7 +745,7 @@ def test_group_commit_from_another_thread(tmp_path):
         try:
             while not stop.is_set():
                 seen.append(s.commit())
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     t = threading.Thread(target=committer)

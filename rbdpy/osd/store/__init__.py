@@ -1,18 +1,12 @@
-"""The OSD's crash-safe object store (see ``objectstore`` for the design).
+"""The OSD's crash-safe object store (``objectstore`` has the design).
 
 The package re-exports the public names, so ``from rbdpy.osd.store import ObjectStore`` keeps
 working whichever module a name lives in.
 """
 
-from rbdpy.osd.store.objectstore import (
-    ApplyResult,
-    CmpOp,
-    CommitPlan,
-    ObjectStat,
-    ObjectStore,
-    StoreError,
-    Transaction,
-)
+from rbdpy.osd.store.errors import StoreError
+from rbdpy.osd.store.objectstore import ApplyResult, CommitPlan, ObjectStat, ObjectStore
+from rbdpy.osd.store.transaction import CmpOp, Transaction
 
 __all__ = [
     "ApplyResult",
