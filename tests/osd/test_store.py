@@ -296,6 +296,28 @@ def test_efbig_einval(store):
     assert err(e) == errno.EINVAL
 
 
+def test_every_object_name_the_wire_accepts_fits_the_store(tmp_path):
+    """The wire refuses names over proto.ops.MAX_OID with EINVAL; the store takes the key
+    the OSD makes of any accepted name ("<pool>.<name>", u64 pool), through replay and
+    checkpoint, and refuses a longer key with the same EINVAL. (It refused keys over 1024
+    bytes, names the wire had accepted.)"""
+    from rbdpy.proto.ops import MAX_OID
+
+    key = f"{2**64 - 1}." + "n" * MAX_OID
+    s = ObjectStore(tmp_path / "s")
+    s.apply(key, Transaction().write(0, b"x").setxattr("k", b"v"))
+    with pytest.raises(StoreError) as e:
+        s.apply(key + "n", Transaction().create())
+    assert err(e) == errno.EINVAL
+    abandon(s)
+    s = ObjectStore(tmp_path / "s")  # replayed from the journal
+    assert s.read(key, 0, 9) == b"x" and s.list_objects() == ([key], None)
+    s.close()  # checkpointed
+    s = ObjectStore(tmp_path / "s")
+    assert s.read(key, 0, 9) == b"x" and s.getxattr(key, "k") == b"v"
+    s.close()
+
+
 # -- guards and atomicity ---------------------------------------------------------------------
 
 

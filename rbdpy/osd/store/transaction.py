@@ -31,6 +31,7 @@ from rbdpy.osd.store.format import (
     OP_ZERO,
     ObjMeta,
 )
+from rbdpy.proto.ops import MAX_OID
 
 # builder-only ops: expanded or evaluated by ``prepare``, never journaled
 OP_CREATE_EXCL = 20
@@ -45,7 +46,11 @@ _GUARDS = frozenset({OP_CMPXATTR, OP_ASSERT_VERSION, OP_ASSERT_EXISTS})
 MAX_XATTR_NAME = 255
 MAX_XATTR_VALUE = 64 << 10
 MAX_OPS = 0xFFFF  # the journal record counts its ops in a u16
-MAX_KEY = 1024
+# The OSD keys an object "<pool>.<name>" (u64 pool), and every name the wire accepts
+# (proto.ops.MAX_OID, whose decoder refuses longer ones with EINVAL) must fit, or a name
+# would pass one layer and fail the other. Nothing else bounds a key here: a long one gets
+# a hashed file name, and records count its bytes in a u16.
+MAX_KEY = MAX_OID + len(f"{2**64 - 1}.")
 
 
 class CmpOp(enum.IntEnum):
