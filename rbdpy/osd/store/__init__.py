@@ -6,7 +6,7 @@ working whichever module a name lives in.
 
 from rbdpy.osd.store.errors import StoreError
 from rbdpy.osd.store.objectstore import ApplyResult, CommitPlan, ObjectStat, ObjectStore
-from rbdpy.osd.store.transaction import CmpOp, Transaction
+from rbdpy.osd.store.transaction import CmpOp, Transaction, TxnDecodeError
 
 __all__ = [
     "ApplyResult",
@@ -16,4 +16,5 @@ __all__ = [
     "ObjectStore",
     "StoreError",
     "Transaction",
+    "TxnDecodeError",
 ]

@@ -1,5 +1,5 @@
-"""A transaction on one object: the value the OSD builds from an op vector, and the store
-checks and applies.
+"""A transaction on one object: the value the OSD builds from an op vector, encodes to ship to
+its replicas, and the store checks and applies.
 
 ``prepare`` checks a transaction against an object's metadata without touching any file: one
 check per op (``_CHECKS``) runs against a simulated state that the earlier ops of the same
@@ -13,11 +13,12 @@ from __future__ import annotations
 import enum
 import errno
 import operator
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rbdpy.crc import Buffer
-from rbdpy.msgr.payload import byte_views
+from rbdpy.msgr.payload import byte_view, byte_views, slice_segments
 from rbdpy.osd.store.errors import StoreError
 from rbdpy.osd.store.format import (
     OP_APPENDXATTR,
@@ -74,6 +75,15 @@ _CMP = {
 }
 
 
+class TxnDecodeError(StoreError):
+    """An encoded transaction that cannot be decoded: EBADMSG when it is malformed
+    (truncated, lengths that do not add up, bytes left over), EINVAL when a field holds a
+    value no transaction has (an unknown op or operator)."""
+
+    def __init__(self, msg: str, err: int = errno.EBADMSG) -> None:
+        super().__init__(err, msg)
+
+
 def appended(old: bytes, data: bytes, keep: int) -> bytes:
     """The value of an xattr after appendxattr (the same computation at apply and replay)."""
     new = old + data
@@ -89,7 +99,7 @@ class Transaction:
     Guards are evaluated against the state the earlier ops of the same transaction produced
     (``assert_version`` against the version before the transaction); any failure aborts the
     whole transaction before anything takes effect. Payload buffers are referenced, not copied,
-    until ``apply`` returns.
+    until ``apply`` returns (or, for an encoded transaction, until its segments are sent).
     """
 
     __slots__ = ("ops",)
@@ -176,6 +186,178 @@ class Transaction:
         """Guard: the object exists at this point of the transaction (ENOENT otherwise)."""
         self.ops.append((OP_ASSERT_EXISTS,))
         return self
+
+    # -- codec: to ship a transaction to another store --------------------------------------
+
+    def encode(self) -> tuple[bytes, list[memoryview]]:
+        """The transaction as a header and the write payloads (the views this transaction
+        holds: no copy). ``decode`` of the two, however the payload bytes are re-cut into
+        segments on the way, gives a transaction that applies with the same result. Values
+        that cannot be encoded (a non-str name, an int out of range) raise StoreError(EINVAL).
+        """
+        return _encode(self.ops)
+
+    @classmethod
+    def decode(cls, header: Buffer, segments: Buffer | Sequence[Buffer] = ()) -> Transaction:
+        """The transaction ``encode`` gave ``header`` and ``segments`` for. Write payloads
+        are views of ``segments`` (keep them alive while the transaction is). Anything
+        malformed raises TxnDecodeError."""
+        txn = cls()
+        txn.ops = _decode(byte_view(header), byte_views(segments, drop_empty=True))
+        return txn
+
+
+# -- codec -------------------------------------------------------------------------------------
+#
+# header: u8 codec version, u32 op count, then per op a u8 code and its fields (little-endian;
+# names and xattr values inline with u32 lengths); write payloads follow in the segments, in
+# op order, their lengths in the header.
+
+_CODEC_VERSION = 1
+_HEAD = struct.Struct("<BI")
+_I64 = struct.Struct("<q")
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_U8 = struct.Struct("<B")
+_I64X2 = struct.Struct("<qq")
+_I64_U64 = struct.Struct("<qQ")
+_CMP_BYTES, _CMP_INT = 0, 1
+
+
+def _pack(st: struct.Struct, *vals: object) -> bytes:
+    try:
+        return st.pack(*vals)
+    except struct.error as e:
+        raise StoreError(errno.EINVAL, f"transaction value out of range: {e}") from None
+
+
+def _name(name: object) -> bytes:
+    if not isinstance(name, str):
+        raise StoreError(errno.EINVAL, f"xattr name {name!r} is not a str")
+    try:
+        b = name.encode()
+    except UnicodeEncodeError:
+        raise StoreError(errno.EINVAL, "xattr name is not valid unicode") from None
+    return _U32.pack(len(b)) + b
+
+
+def _encode(ops: list[tuple]) -> tuple[bytes, list[memoryview]]:
+    out = bytearray(_HEAD.pack(_CODEC_VERSION, len(ops)))
+    segs: list[memoryview] = []
+    for op in ops:
+        code = op[0]
+        out.append(code)
+        if code == OP_WRITE:
+            out += _pack(_I64_U64, op[1], op[3])
+            segs.extend(op[2])
+        elif code == OP_WRITEFULL:
+            out += _pack(_U64, op[3])
+            segs.extend(op[2])
+        elif code == OP_ZERO:
+            out += _pack(_I64X2, op[1], op[2])
+        elif code in (OP_TRUNCATE, OP_ASSERT_VERSION):
+            out += _pack(_I64, op[1])
+        elif code == OP_SETXATTR:
+            out += _name(op[1]) + _U32.pack(len(op[2])) + op[2]
+        elif code == OP_RMXATTR:
+            out += _name(op[1])
+        elif code == OP_APPENDXATTR:
+            out += _name(op[1]) + _pack(_I64, op[3]) + _U32.pack(len(op[2])) + op[2]
+        elif code == OP_CMPXATTR:
+            out += _name(op[1]) + _U8.pack(op[2])
+            if isinstance(op[3], int):
+                out += _U8.pack(_CMP_INT) + _pack(_U64, op[3])
+            else:
+                out += _U8.pack(_CMP_BYTES) + _U32.pack(len(op[3])) + op[3]
+        elif code not in (OP_CREATE, OP_CREATE_EXCL, OP_DELETE, OP_ASSERT_EXISTS):
+            raise StoreError(errno.EINVAL, f"unknown op {code}")
+    return bytes(out), segs
+
+
+class _Reader:
+    """Bounds-checked reads from the header: never an IndexError or struct.error."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if n > len(self.buf) - self.pos:
+            raise TxnDecodeError(f"transaction header ends at {len(self.buf)}, "
+                                 f"{n} bytes wanted at {self.pos}")
+        v = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return v
+
+    def unpack(self, st: struct.Struct) -> tuple:
+        return st.unpack(self.take(st.size))
+
+    def one(self, st: struct.Struct) -> int:
+        return st.unpack(self.take(st.size))[0]
+
+    def blob(self) -> bytes:
+        return bytes(self.take(self.one(_U32)))
+
+    def name(self) -> str:
+        try:
+            return str(self.take(self.one(_U32)), "utf-8")
+        except UnicodeDecodeError:
+            raise TxnDecodeError("xattr name is not utf-8") from None
+
+
+def _decode(buf: memoryview, segs: list[memoryview]) -> list[tuple]:
+    r = _Reader(buf)
+    version, nops = r.unpack(_HEAD)
+    if version != _CODEC_VERSION:
+        raise TxnDecodeError(f"transaction codec version {version}, not {_CODEC_VERSION}")
+    if nops > len(buf) - _HEAD.size:  # every op takes at least its code byte
+        raise TxnDecodeError(f"{nops} ops in a header of {len(buf)} bytes")
+    total = sum(len(s) for s in segs)
+    used = 0
+    ops: list[tuple] = []
+    for _ in range(nops):
+        code = r.one(_U8)
+        if code in (OP_WRITE, OP_WRITEFULL):
+            off, n = r.unpack(_I64_U64) if code == OP_WRITE else (0, r.one(_U64))
+            if n > total - used:
+                raise TxnDecodeError(f"write of {n} bytes with {total - used} left in the data")
+            ops.append((code, off, slice_segments(segs, used, n), n))
+            used += n
+        elif code == OP_ZERO:
+            ops.append((code, *r.unpack(_I64X2)))
+        elif code in (OP_TRUNCATE, OP_ASSERT_VERSION):
+            ops.append((code, r.one(_I64)))
+        elif code == OP_SETXATTR:
+            ops.append((code, r.name(), r.blob()))
+        elif code == OP_RMXATTR:
+            ops.append((code, r.name()))
+        elif code == OP_APPENDXATTR:
+            name, keep = r.name(), r.one(_I64)
+            ops.append((code, name, r.blob(), keep))
+        elif code == OP_CMPXATTR:
+            name, cmp, kind = r.name(), r.one(_U8), r.one(_U8)
+            try:
+                cop = CmpOp(cmp)
+            except ValueError:
+                raise TxnDecodeError(f"unknown cmpxattr operator {cmp}", errno.EINVAL) from None
+            if kind == _CMP_INT:
+                val: int | bytes = r.one(_U64)
+            elif kind == _CMP_BYTES:
+                val = r.blob()
+            else:
+                raise TxnDecodeError(f"unknown cmpxattr value kind {kind}", errno.EINVAL)
+            ops.append((code, name, cop, val))
+        elif code in (OP_CREATE, OP_CREATE_EXCL, OP_DELETE, OP_ASSERT_EXISTS):
+            ops.append((code,))
+        else:
+            raise TxnDecodeError(f"unknown op {code}", errno.EINVAL)
+    if r.pos != len(buf):
+        raise TxnDecodeError(f"{len(buf) - r.pos} bytes after the last op")
+    if used != total:
+        raise TxnDecodeError(f"{total - used} data bytes no op uses")
+    return ops
 
 
 # -- checks ------------------------------------------------------------------------------------
