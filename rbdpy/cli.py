@@ -526,7 +526,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """The embedded default: local cluster, image disk0, served in the foreground."""
+    """The embedded default: local cluster, image disk0, served in the foreground.
+
+    SIGTERM (kill, timeout, systemd) stops it as Ctrl-C does: nbdkit first, then the OSDs,
+    exit 0. Python's default SIGTERM ended this process at once: nbdkit followed it
+    (--exit-with-parent), but the OSDs run in their own session (so that they outlive
+    ``cluster up``) and were left behind. Whatever ends ``up`` once the cluster is up (a
+    signal, a failed start of nbdkit, an image error) stops what it runs."""
     import signal
     import subprocess
 
@@ -534,48 +540,78 @@ def cmd_up(args: argparse.Namespace) -> int:
     from rbdpy.rbd.image import ImageError
 
     rlog.setup(args.log_level)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # KeyboardInterrupt, as SIGINT
     path = config.locate(args.cluster or args.data)
     cfg = localcluster.init(path.parent, osds=args.osds)
+    proc: subprocess.Popen | None = None
+    cluster_error = serving = False
     try:
-        localcluster.up(cfg)
-    except localcluster.ClusterError as e:
-        raise UserError(str(e)) from None
-    args.cluster = str(cfg.path)
-    with _rados(args) as r:
-        if args.name not in rbdapi.list_images(r):
-            try:
-                rbdapi.create_image(r, args.name, args.size)
-                print(f"created image {args.name} ({human(args.size)}, thin)")
-            except ImageError as e:
-                raise UserError(str(e)) from None
-    args.foreground, args.socket, args.readonly, args.pidfile = True, None, False, None
-    cmd = nbdkit_command(args, str(cfg.path))
-    host = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
-    url = f"nbd://{host}:{args.port}"
-    proc = subprocess.Popen(cmd)
-    try:
+        try:
+            localcluster.up(cfg)
+        except localcluster.ClusterError as e:
+            cluster_error = True  # as before: OSDs already running are not ours to stop
+            raise UserError(str(e)) from None
+        args.cluster = str(cfg.path)
+        with _rados(args) as r:
+            if args.name not in rbdapi.list_images(r):
+                try:
+                    rbdapi.create_image(r, args.name, args.size)
+                    print(f"created image {args.name} ({human(args.size)}, thin)")
+                except ImageError as e:
+                    raise UserError(str(e)) from None
+        args.foreground, args.socket, args.readonly, args.pidfile = True, None, False, None
+        cmd = nbdkit_command(args, str(cfg.path))
+        host = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
+        url = f"nbd://{host}:{args.port}"
+        proc = subprocess.Popen(cmd)
         _wait_serving(proc, host, args.port)
-    except BaseException:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait()
-        localcluster.down(cfg)
-        raise
-    print(f"""serving image {args.name} at {url}  (Ctrl-C stops everything)
+        serving = True
+        print(f"""serving image {args.name} at {url}  (Ctrl-C stops everything)
 
   attach:   nbd-client {host} {args.port} /dev/nbd0 -N {args.name}
   qemu-img: qemu-img convert -p -n -O raw disk.img {url}
   fio:      fio --name=t --ioengine=nbd --uri={url} --rw=randwrite --bs=4k --iodepth=32 \\
                 --size=1G --time_based --runtime=30
 """, flush=True)
-    try:
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait()
+        proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        if not serving:
+            raise
     finally:
-        stopped = localcluster.down(cfg)
-        print(f"stopped nbdkit and {len(stopped)} OSD(s); data kept in {cfg.dir}", flush=True)
-    return 0 if rc in (0, -signal.SIGTERM) else rc
+        if not cluster_error:
+            print(_stop_up(proc, cfg), flush=True)
+    assert proc is not None
+    return 0 if proc.returncode in (0, -signal.SIGTERM) else proc.returncode
+
+
+NBDKIT_STOP_TIMEOUT = 90.0  # nbdkit bounds its exit flush (the plugin's cleanup) to 30 s
+
+
+def _stop_up(proc, cfg) -> str:  # noqa: ANN001
+    """Stop what ``up`` runs: nbdkit first (its exit flushes the image), then the OSDs; says
+    what it stopped. SIGINT and SIGTERM are ignored from here on: a second Ctrl-C stopping
+    this halfway would leave the OSDs running, or nbdkit's writes unflushed."""
+    import signal
+    import subprocess
+
+    from rbdpy import localcluster
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    what = ""
+    if proc is not None:
+        what = "nbdkit and "
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=NBDKIT_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            print(f"rbdpy: nbdkit did not stop in {NBDKIT_STOP_TIMEOUT:g} s: killed; writes "
+                  "it had not flushed are lost", file=sys.stderr)
+    stopped = localcluster.down(cfg)
+    return f"stopped {what}{len(stopped)} OSD(s); data kept in {cfg.dir}"
 
 
 def _wait_serving(proc, host: str, port: int, timeout: float = 60.0) -> None:  # noqa: ANN001

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import rbdpy
 from rbdpy.client.objecter import OSDError
 from rbdpy.rbd import api as rbdapi
 from rbdpy.rbd.image import ImageError
-from tests.procs import pid_alive
+from tests.procs import pid_alive, stop_pid
 
 RBDPY = [sys.executable, "-m", "rbdpy.cli"]
 
@@ -115,43 +116,61 @@ def test_image_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.returncode == 1 and "cluster up" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit missing")
+needs_nbdkit = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit missing")
+
+
+class Up:
+    """``rbdpy up`` on ``data`` and ``port``, returned once it says "serving" (printed once
+    nbdkit accepts connections). A thread collects what it prints: nbdkit shares its
+    stderr, so one of nbdkit's lines may run into "serving image" (a line starting
+    "nbdkit: serving image" once made a readline loop wait forever)."""
+
+    def __init__(self, data: Path, port: int, size: str = "1G", timeout: float = 60.0) -> None:
+        self.proc = subprocess.Popen([*RBDPY, "up", "--data", str(data), "--port", str(port),
+                                      "--size", size], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self._out: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while "serving image" not in "".join(self._out):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"rbdpy up did not serve:\n{self.output()}")
+            time.sleep(0.05)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._out.append(line)
+
+    def output(self) -> str:
+        """All it printed so far; everything once it has exited (and nbdkit with it)."""
+        if self.proc.poll() is not None:
+            self._reader.join(timeout=30)
+        return "".join(self._out)
+
+
+@needs_nbdkit
 def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     data, port = tmp_path / "d", free_port()
     uri = f"nbd://127.0.0.1:{port}"
-    up_out: list[str] = []
 
-    def up() -> subprocess.Popen:
-        proc = subprocess.Popen([*RBDPY, "up", "--data", str(data), "--port", str(port),
-                                 "--size", "1G"], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        # ready when it says so: "serving" is printed once nbdkit accepts connections
-        lines: list[str] = []
-        deadline = time.monotonic() + 60
-        while not any(line.startswith("serving image") for line in lines):
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError("".join(lines) + proc.stdout.read())
-            lines.append(line)
-        up_out.extend(lines)
-        return proc
-
-    def stop(proc: subprocess.Popen) -> str:
+    def stop(up: Up) -> str:
         osd_pids = [int(p.read_text()) for p in data.glob("osd.*.pid")]
-        proc.send_signal(signal.SIGINT)
+        up.proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=60)
+            up.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            up.proc.kill()
             raise
-        out = "".join(up_out) + proc.stdout.read()  # (not communicate: it skips what
-        up_out.clear()  # readline already buffered)
-        assert proc.returncode == 0, out
+        out = up.output()
+        assert up.proc.returncode == 0, out
         assert not any(pid_alive(p) for p in osd_pids)
         return out
 
-    proc = up()
+    proc = Up(data, port)
     try:
         w = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 64k", "-c", "flush",
                             uri], capture_output=True, text=True, timeout=60)
@@ -159,7 +178,7 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     finally:
         out = stop(proc)
     assert "created image disk0" in out and "nbd-client 127.0.0.1" in out
-    proc = up()
+    proc = Up(data, port)
     try:
         r = subprocess.run(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 1M 64k", uri],
                            capture_output=True, text=True, timeout=60)
@@ -167,6 +186,70 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     finally:
         out = stop(proc)
     assert "created image" not in out
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``, from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+@needs_nbdkit
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_up_stops_everything_on_sigterm_and_sigint(tmp_path: Path, sig: int) -> None:
+    """SIGTERM is what kill, timeout and systemd send: ``up`` must stop as on Ctrl-C
+    (nbdkit first, whose exit flushes the image, then the OSDs) and exit 0. Python's default
+    SIGTERM ended it at once: nbdkit followed (--exit-with-parent), the OSDs (their own
+    session, so they outlive ``cluster up``) stayed orphaned. The writes are not flushed by
+    the client: they reach the disk on the way down."""
+    data, port = tmp_path / "d", free_port()
+    up = Up(data, port, size="64M")
+    proc = up.proc
+    osd_pids = [int(p.read_text()) for p in data.glob("osd.*.pid")]
+    nbdkit = [c for c in children(proc.pid)
+              if Path(f"/proc/{c}/comm").read_text().strip() == "nbdkit"]
+    try:
+        assert osd_pids and len(nbdkit) == 1
+        script = f"""
+import nbd
+h = nbd.NBD()
+h.connect_uri("nbd://127.0.0.1:{port}")
+h.pwrite(bytes([0x5a]) * 65536, 1 << 20)
+h.pwrite(bytes([0xa5]) * 4096, (64 << 20) - 4096)
+h.shutdown()
+"""
+        w = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True,
+                           timeout=60)
+        assert w.returncode == 0, w.stderr
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+        out = up.output()
+        assert proc.returncode == 0, out
+        assert "stopped nbdkit and 1 OSD(s)" in out, out
+        assert not pid_alive(nbdkit[0])
+        assert not any(pid_alive(p) for p in osd_pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in [*nbdkit, *osd_pids]:
+            stop_pid(p)
+    rb(data, "cluster", "up")
+    try:
+        with rbdpy.connect(str(data)) as c:
+            img = rbdapi.open_image(c, "disk0", read_only=True)
+            assert img.pread(1 << 20, 65536) == bytes([0x5a]) * 65536
+            assert img.pread((64 << 20) - 4096, 4096) == bytes([0xa5]) * 4096
+    finally:
+        rb(data, "cluster", "down")
 
 
 def _raw_source(path: Path, seed: int = 3) -> bytes:
