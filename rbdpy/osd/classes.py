@@ -6,14 +6,18 @@ of the op vector builds, so a class method is atomic with the ops around it, and
 racing through a method (create an image name, take a lock) are serialized by the OSD.
 
 Methods take and return bytes; the classes here use JSON for their small structures (the
-header and directory are off the data path).
+header and directory are off the data path). Input comes from any client, so every method
+checks its shape and types (``_args``, ``_str``, ``_int``) and refuses with EINVAL: an
+exception of any other kind is a bug, which the daemon answers with EIO. State stored in
+xattrs that plain ``SetXattr`` ops can also write is checked the same way (EIO, as Ceph's
+classes answer state they cannot decode).
 """
 
 from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from rbdpy.errors import RbdpyError
@@ -64,11 +68,68 @@ def lookup(cls: str, name: str) -> tuple[Method, bool]:
         raise ClsError(errno.EOPNOTSUPP, f"no method {cls}.{name}") from None
 
 
+def methods() -> Iterator[tuple[str, str, bool]]:
+    """Every registered (class, method, write), e.g. for tests that call them all."""
+    for (cls, name), (_fn, write) in sorted(_REGISTRY.items()):
+        yield cls, name, write
+
+
 def _j(data: bytes) -> Any:
     try:
         return json.loads(data or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise ClsError(errno.EINVAL, "method input is not JSON") from None
+
+
+def _args(data: bytes) -> dict[str, Any]:
+    """A method's input: a JSON object (empty input: no arguments)."""
+    a = _j(data)
+    if not isinstance(a, dict):
+        raise ClsError(errno.EINVAL, f"method input must be a JSON object, not {_kind(a)}")
+    return a
+
+
+def _kind(v: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(v), "?")
+
+
+def _check_str(v: Any, what: str) -> str:
+    """``v`` if it is a string that can be encoded (JSON may carry lone surrogates)."""
+    if not isinstance(v, str):
+        raise ClsError(errno.EINVAL, f"{what} must be a string, not {_kind(v)}")
+    try:
+        v.encode()
+    except UnicodeEncodeError:
+        raise ClsError(errno.EINVAL, f"{what} is not valid unicode") from None
+    return v
+
+
+def _str(a: dict[str, Any], key: str, default: str = "") -> str:
+    return _check_str(a.get(key, default), key)
+
+
+def _int(a: dict[str, Any], key: str, default: int = 0, *, lo: int = 0,
+         hi: int | None = None) -> int:
+    """An integer argument in [lo, hi] (JSON booleans and numbers with a fraction are not)."""
+    v = a.get(key, default)
+    if type(v) is not int:
+        raise ClsError(errno.EINVAL, f"{key} must be an integer, not {_kind(v)}")
+    if v < lo or (hi is not None and v > hi):
+        raise ClsError(errno.EINVAL, f"{key} {v} outside [{lo}, {hi if hi is not None else ''}]")
+    return v
+
+
+def _stored(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object this class stored in an xattr (EIO if it is not one: a client may have
+    overwritten it with a plain ``SetXattr``)."""
+    try:
+        v = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        v = None
+    if not isinstance(v, dict):
+        raise ClsError(errno.EIO, f"stored {what} is not a JSON object")
+    return v
 
 
 def _out(obj: Any) -> bytes:
@@ -80,26 +141,41 @@ def _out(obj: Any) -> bytes:
 
 def _locks(ctx: ClsContext, name: str) -> dict[str, Any]:
     raw = ctx.getxattr(f"lock.{name}")
-    return json.loads(raw) if raw else {"type": None, "holders": {}}
+    if not raw:
+        return {"type": None, "holders": {}}
+    st = _stored(raw, f"lock {name}")
+    holders = st.get("holders")
+    if not isinstance(holders, dict) or not all(isinstance(h, dict) for h in holders.values()):
+        raise ClsError(errno.EIO, f"stored lock {name} has no holders table")
+    return st
+
+
+def _lock_name(a: dict[str, Any]) -> str:
+    return _str(a, "name", "lock")
+
+
+def _holder(a: dict[str, Any]) -> str:
+    return f"{_str(a, 'owner')}/{_str(a, 'cookie')}"
 
 
 @method("lock", "lock", write=True)
 def lock_lock(ctx: ClsContext, indata: bytes) -> bytes:
     """Take lock ``name`` as ``owner``/``cookie``; EBUSY if incompatible, EEXIST if held."""
-    a = _j(indata)
-    name, kind = a.get("name", "lock"), a.get("type", "exclusive")
+    a = _args(indata)
+    name, kind = _lock_name(a), _str(a, "type", "exclusive")
     if kind not in ("exclusive", "shared"):
         raise ClsError(errno.EINVAL, "lock type must be exclusive or shared")
-    holder = f"{a.get('owner', '')}/{a.get('cookie', '')}"
+    holder = _holder(a)
+    tag, desc = _str(a, "tag"), _str(a, "description")
     st = _locks(ctx, name)
     if holder in st["holders"]:
         raise ClsError(errno.EEXIST, "already held by this owner and cookie")
-    if st["holders"] and (kind == "exclusive" or st["type"] == "exclusive"):
+    if st["holders"] and (kind == "exclusive" or st.get("type") == "exclusive"):
         raise ClsError(errno.EBUSY, "lock is held")
     if not ctx.exists():
         ctx.create(False)
     st["type"] = kind
-    st["holders"][holder] = {"tag": a.get("tag", ""), "desc": a.get("description", "")}
+    st["holders"][holder] = {"tag": tag, "desc": desc}
     ctx.setxattr(f"lock.{name}", _out(st))
     return b""
 
@@ -107,8 +183,7 @@ def lock_lock(ctx: ClsContext, indata: bytes) -> bytes:
 def _held(ctx: ClsContext, a: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """(lock name, holder key, lock state) for a call naming a holder that holds the lock;
     ENOENT if it does not (any more)."""
-    name = a.get("name", "lock")
-    holder = f"{a.get('owner', '')}/{a.get('cookie', '')}"
+    name, holder = _lock_name(a), _holder(a)
     st = _locks(ctx, name)
     if holder not in st["holders"]:
         raise ClsError(errno.ENOENT, "not held by this owner and cookie")
@@ -127,16 +202,17 @@ def _drop_holder(ctx: ClsContext, a: dict[str, Any]) -> bytes:
 
 @method("lock", "unlock", write=True)
 def lock_unlock(ctx: ClsContext, indata: bytes) -> bytes:
-    return _drop_holder(ctx, _j(indata))
+    return _drop_holder(ctx, _args(indata))
 
 
 @method("lock", "renew", write=True)
 def lock_renew(ctx: ClsContext, indata: bytes) -> bytes:
     """Replace the description of a lock ``owner``/``cookie`` holds (its lease); ENOENT if
     it does not hold it any more (broken), so the holder learns it lost the lock."""
-    a = _j(indata)
+    a = _args(indata)
+    desc = _str(a, "description")
     name, holder, st = _held(ctx, a)
-    st["holders"][holder]["desc"] = a.get("description", "")
+    st["holders"][holder]["desc"] = desc
     ctx.setxattr(f"lock.{name}", _out(st))
     return b""
 
@@ -145,10 +221,10 @@ def lock_renew(ctx: ClsContext, indata: bytes) -> bytes:
 def lock_break(ctx: ClsContext, indata: bytes) -> bytes:
     """Remove a lock; with ``owner`` and ``cookie``, only that holder's (ENOENT if it does
     not hold it), so a breaker that looked at the lock breaks what it saw, nothing newer."""
-    a = _j(indata)
+    a = _args(indata)
     if "owner" in a or "cookie" in a:
         return _drop_holder(ctx, a)
-    name = a.get("name", "lock")
+    name = _lock_name(a)
     if ctx.getxattr(f"lock.{name}") is None:
         raise ClsError(errno.ENOENT, "no such lock")
     ctx.rmxattr(f"lock.{name}")
@@ -157,24 +233,45 @@ def lock_break(ctx: ClsContext, indata: bytes) -> bytes:
 
 @method("lock", "get_info", write=False)
 def lock_info(ctx: ClsContext, indata: bytes) -> bytes:
-    a = _j(indata)
+    name = _lock_name(_args(indata))
     if not ctx.exists():
         raise ClsError(errno.ENOENT, "no such object")
-    return _out(_locks(ctx, a.get("name", "lock")))
+    return _out(_locks(ctx, name))
 
 
 # ---- rbd: image header and directory -------------------------------------------------------
 
 HEADER_ATTR = "rbd.header"
+MIN_ORDER, MAX_ORDER = 12, 25  # 4 KiB .. 32 MiB objects (``rbd.layout.Layout``)
+
+
+def _check_header_fields(h: dict[str, Any]) -> None:
+    """The header fields the OSD and the image layer compute with must have their types."""
+    if "id" in h and not _str(h, "id"):
+        raise ClsError(errno.EINVAL, "the image id is empty")
+    if "name" in h:
+        _str(h, "name")
+    if "size" in h:
+        _int(h, "size")
+    if "order" in h:
+        _int(h, "order", lo=MIN_ORDER, hi=MAX_ORDER)
+
+
+def _header(ctx: ClsContext) -> dict[str, Any]:
+    raw = ctx.getxattr(HEADER_ATTR) if ctx.exists() else None
+    if raw is None:
+        raise ClsError(errno.ENOENT, "no image header")
+    return _stored(raw, "image header")
 
 
 @method("rbd", "create", write=True)
 def rbd_create(ctx: ClsContext, indata: bytes) -> bytes:
     """Create an image header exclusively: EEXIST if one is there."""
-    h = _j(indata)
+    h = _args(indata)
     for key in ("id", "size", "order"):
         if key not in h:
             raise ClsError(errno.EINVAL, f"header needs {key}")
+    _check_header_fields(h)
     if ctx.exists():
         raise ClsError(errno.EEXIST, "image header exists")
     ctx.create(True)
@@ -195,12 +292,10 @@ def rbd_get_header(ctx: ClsContext, indata: bytes) -> bytes:
 @method("rbd", "set_header_fields", write=True)
 def rbd_set_fields(ctx: ClsContext, indata: bytes) -> bytes:
     """Update some header fields (size on resize, features…) atomically."""
-    raw = ctx.getxattr(HEADER_ATTR) if ctx.exists() else None
-    if raw is None:
-        raise ClsError(errno.ENOENT, "no image header")
-    h = json.loads(raw)
-    changes = _j(indata)
-    if "id" in changes and changes["id"] != h["id"]:
+    changes = _args(indata)
+    _check_header_fields(changes)
+    h = _header(ctx)
+    if "id" in changes and changes["id"] != h.get("id"):
         raise ClsError(errno.EINVAL, "the image id never changes")
     h.update(changes)
     ctx.setxattr(HEADER_ATTR, _out(h))
@@ -210,8 +305,8 @@ def rbd_set_fields(ctx: ClsContext, indata: bytes) -> bytes:
 @method("rbd", "dir_add", write=True)
 def rbd_dir_add(ctx: ClsContext, indata: bytes) -> bytes:
     """Map name → id in the directory object; EEXIST if the name is taken."""
-    a = _j(indata)
-    name, image_id = a.get("name"), a.get("id")
+    a = _args(indata)
+    name, image_id = _str(a, "name"), _str(a, "id")
     if not name or not image_id:
         raise ClsError(errno.EINVAL, "dir_add needs name and id")
     if not ctx.exists():
@@ -224,12 +319,12 @@ def rbd_dir_add(ctx: ClsContext, indata: bytes) -> bytes:
 
 @method("rbd", "dir_remove", write=True)
 def rbd_dir_remove(ctx: ClsContext, indata: bytes) -> bytes:
-    a = _j(indata)
-    name = a.get("name", "")
+    a = _args(indata)
+    name, image_id = _str(a, "name"), _str(a, "id")
     cur = ctx.getxattr(f"name.{name}") if ctx.exists() else None
     if cur is None:
         raise ClsError(errno.ENOENT, f"no image {name}")
-    if a.get("id") and cur.decode() != a["id"]:
+    if image_id and cur != image_id.encode():
         raise ClsError(errno.ESTALE, "name now refers to another image")
     ctx.rmxattr(f"name.{name}")
     return b""
@@ -239,15 +334,19 @@ def rbd_dir_remove(ctx: ClsContext, indata: bytes) -> bytes:
 def rbd_dir_list(ctx: ClsContext, indata: bytes) -> bytes:
     if not ctx.exists():
         return _out({})
-    return _out({k[5:]: v.decode() for k, v in ctx.getxattrs().items() if k.startswith("name.")})
+    return _out({k[5:]: v.decode(errors="replace")  # a SetXattr may have put any bytes
+                 for k, v in ctx.getxattrs().items() if k.startswith("name.")})
 
 
 @method("rbd", "objmap_set", write=True)
 def rbd_objmap_set(ctx: ClsContext, indata: bytes) -> bytes:
     """Set bits [start, end) of an object-map object to ``value`` (atomic on the OSD)."""
-    a = _j(indata)
-    start, end, value = int(a.get("start", 0)), int(a.get("end", 0)), bool(a.get("value"))
-    if not 0 <= start <= end or end - start > (1 << 30):
+    a = _args(indata)
+    start, end = _int(a, "start"), _int(a, "end")
+    value = a.get("value", False)
+    if type(value) not in (bool, int) or value not in (0, 1):
+        raise ClsError(errno.EINVAL, "value must be 0, 1, true or false")
+    if start > end or end - start > (1 << 30):
         raise ClsError(errno.EINVAL, "bad object-map range")
     if start == end:
         return b""

@@ -23,6 +23,7 @@ import os
 import signal
 import struct
 import time
+import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from functools import partial
@@ -253,14 +254,25 @@ class OSD:
             log.warning("unexpected message type %d from %s", msg.type, peer.name)
             return
         self.stats["ops"] += 1
+        req = None
         try:
             req = osdmsg.decode_request(msg)
+            self._execute(peer, req)
         except osdops.OpDecodeError as e:
             self.stats["errors"] += 1
             log.warning("bad request from %s tid %d: %s", peer.name, msg.tid, e)
             peer.send(osdmsg.error_reply(msg.tid, e.errno, epoch=self.epoch))
-            return
-        self._execute(peer, req)
+        except Exception as e:
+            # The last line of defence: a bug met by one request is that request's EIO and
+            # one log line, never the daemon's exit (the objecter would resend the same
+            # request to the restarted OSD, a crash loop). Cancellation is not caught.
+            self.stats["errors"] += 1
+            log.error("request failed unexpectedly, answered EIO: %s", _failure(e),
+                      extra={"client": str(peer.name), "tid": msg.tid,
+                             "oid": req.oid if req is not None else "?",
+                             "ops": _op_names(req.ops) if req is not None else "?"})
+            peer.send(osdmsg.error_reply(msg.tid, errno.EIO, epoch=self.epoch,
+                                         attempt=req.attempt if req is not None else 0))
 
     def on_reset(self, peer: Peer, dropped: list[Message]) -> None:
         pass  # replies to a client that reset are not needed: it resends its requests
@@ -622,6 +634,19 @@ class _ClientIds:
         for tid in self.tids:
             out += _RQ_ENTRY.pack(tid, self.results[tid][0])
         return out
+
+
+def _op_names(ops: list[osdops.Op]) -> str:
+    """``write,call:rbd.dir_add``: a request's ops for a log line (no data)."""
+    return ",".join(f"call:{op.cls}.{op.method}" if type(op) is osdops.Call else op.NAME
+                    for op in ops)
+
+
+def _failure(e: BaseException) -> str:
+    """An exception and where it was raised, on one line."""
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
+    return f"{type(e).__name__}: {e}{where}"
 
 
 def _bind(fn: Callable[..., T], *args: object) -> Callable[[], T]:

@@ -469,6 +469,29 @@ async def test_malformed_requests_get_error_replies(osd) -> None:
         assert await read(obj, "alive", 0, 5) == b"still"
 
 
+async def test_a_malformed_class_call_is_einval_and_the_same_osd_serves_on(osd) -> None:
+    """A class method fed input of the wrong shape (valid JSON, not the object it expects)
+    answers EINVAL; it used to raise AttributeError out of the op loop and kill the OSD,
+    which the objecter's resend then killed again after every restart."""
+    pid = osd.proc.pid
+
+    def call(method: str, indata: bytes) -> list[O.Op]:
+        return [O.Call("rbd", method, indata)]
+
+    async with client(osd.port, timeout=20) as obj:
+        for bad in (b"[1,2]", b'"name"', b"7", b'{"name": ["n"], "id": "i"}',
+                    b'{"name": "n", "id": 5}'):
+            await expect_err(errno.EINVAL, obj.submit(POOL, "dir", call("dir_add", bad),
+                                                      write=True))
+        await expect_err(errno.EINVAL, obj.submit(POOL, "m", call(
+            "objmap_set", b'{"start": "a", "end": 2}'), write=True))
+        await obj.submit(POOL, "dir", call("dir_add", json.dumps(
+            {"name": "n", "id": "i"}).encode()), write=True)
+        r = await obj.submit(POOL, "dir", call("dir_list", b""), write=False)
+        assert json.loads(r.results[0].out) == {"n": "i"}
+    assert osd.running and osd.proc.pid == pid and osd.starts == 1
+
+
 # ---- concurrency ----------------------------------------------------------------------------
 
 
