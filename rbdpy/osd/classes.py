@@ -20,6 +20,8 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import numpy as np
+
 from rbdpy.errors import RbdpyError
 
 
@@ -243,6 +245,7 @@ def lock_info(ctx: ClsContext, indata: bytes) -> bytes:
 
 HEADER_ATTR = "rbd.header"
 MIN_ORDER, MAX_ORDER = 12, 25  # 4 KiB .. 32 MiB objects (``rbd.layout.Layout``)
+MAX_OBJMAP_OBJECTS = 1 << 28  # bits of a 32 MiB object map (the store's object size limit)
 
 
 def _check_header_fields(h: dict[str, Any]) -> None:
@@ -340,25 +343,46 @@ def rbd_dir_list(ctx: ClsContext, indata: bytes) -> bytes:
 
 @method("rbd", "objmap_set", write=True)
 def rbd_objmap_set(ctx: ClsContext, indata: bytes) -> bytes:
-    """Set bits [start, end) of an object-map object to ``value`` (atomic on the OSD)."""
+    """Set bits [start, end) of an object-map object to ``value`` (atomic on the OSD).
+
+    ``objects`` is the image's object count, which the caller has from the header (this
+    method sees only the map object, and the header may live on another OSD): the range
+    must lie inside it and inside what a map object can hold (``MAX_OBJMAP_OBJECTS``, all
+    a caller that does not state it is held to)."""
     a = _args(indata)
-    start, end = _int(a, "start"), _int(a, "end")
+    objects = min(_int(a, "objects", MAX_OBJMAP_OBJECTS), MAX_OBJMAP_OBJECTS)
+    start, end = _int(a, "start", hi=objects), _int(a, "end", hi=objects)
     value = a.get("value", False)
     if type(value) not in (bool, int) or value not in (0, 1):
         raise ClsError(errno.EINVAL, "value must be 0, 1, true or false")
-    if start > end or end - start > (1 << 30):
-        raise ClsError(errno.EINVAL, "bad object-map range")
+    if start > end:
+        raise ClsError(errno.EINVAL, f"object-map range [{start}, {end}) is reversed")
     if start == end:
         return b""
     b0, b1 = start // 8, (end - 1) // 8 + 1
-    size = ctx.stat()[0] if ctx.exists() else 0
-    cur = bytearray(ctx.read(b0, b1 - b0)) if size > b0 else bytearray()
-    cur.extend(bytes(b1 - b0 - len(cur)))
-    for bit in range(start, end):
-        i, m = bit // 8 - b0, 1 << (bit % 8)
-        cur[i] = cur[i] | m if value else cur[i] & ~m
-    ctx.write(b0, bytes(cur))
+    cur = np.zeros(b1 - b0, dtype=np.uint8)
+    if ctx.exists() and ctx.stat()[0] > b0:
+        got = ctx.read(b0, b1 - b0)
+        cur[: len(got)] = np.frombuffer(got, dtype=np.uint8)
+    set_bits(cur, start - 8 * b0, end - 8 * b0, bool(value))
+    ctx.write(b0, cur.tobytes())
     return b""
+
+
+def set_bits(bitmap: np.ndarray, start: int, end: int, value: bool) -> None:
+    """Set bits [start, end) of ``bitmap`` (uint8; bit i is bit i % 8 of byte i // 8, as
+    ``np.unpackbits(bitorder="little")`` reads it): masks on the two edge bytes and one
+    slice for the whole bytes between, so a range of millions of objects costs a memset."""
+    if start >= end:
+        return
+    first, last = start // 8, (end - 1) // 8
+    head = (0xFF << (start % 8)) & 0xFF
+    tail = 0xFF >> (7 - (end - 1) % 8)
+    edges = [(first, head & tail)] if first == last else [(first, head), (last, tail)]
+    for i, mask in edges:
+        bitmap[i] = bitmap[i] | mask if value else bitmap[i] & (~mask & 0xFF)
+    if last - first > 1:
+        bitmap[first + 1 : last] = 0xFF if value else 0
 
 
 @method("rbd", "allocated", write=False)
