@@ -61,7 +61,11 @@ class _PendingCommit(NamedTuple):
 
 
 class ObjectContext:
-    """A class method's view of its object: reads from the store, writes into the txn."""
+    """A class method's view of its object: reads from the store, writes into the txn.
+
+    Xattr reads see the vector's own xattr changes; data reads see the object's data as it
+    was before the vector (as ``cls_cxx_read`` in Ceph), an object the vector created as
+    empty."""
 
     def __init__(self, store: ObjectStore, oid: str, txn: Transaction) -> None:
         self.store, self.oid, self.txn = store, oid, txn
@@ -75,14 +79,24 @@ class ObjectContext:
             return self._exists
         return self.store.exists(self.oid)
 
+    def _created(self) -> bool:
+        """The vector (re)creates the object: the store has none of its data yet."""
+        return self._exists is True and (self.removed or not self.store.exists(self.oid))
+
     def stat(self) -> tuple[int, int, int]:
+        if self._created():
+            return 0, 0, 0
         st = self.store.stat(self.oid)
         return st.size, int(st.mtime * 1e9), st.version
 
     def read(self, offset: int, length: int) -> bytes:
+        if self._created():
+            return b""
         return bytes(self.store.read(self.oid, offset, length))
 
     def allocated(self) -> int:
+        if self._created():
+            return 0
         return sum(n for _o, n in self.store.extents(self.oid))
 
     def getxattr(self, name: str) -> bytes | None:

@@ -74,3 +74,16 @@ async def test_objmap_set_stays_inside_the_images_objects(osd) -> None:
         assert (await bitmap(obj, "big", n)).nonzero()[0].tolist() == [n - 3, n - 2, n - 1]
     assert osd.running and osd.proc.pid == pid
 
+
+async def test_a_method_after_one_that_created_the_object_in_the_same_vector(osd) -> None:
+    """A class that created the object earlier in the vector makes it exist for the next
+    method, whose data reads then see an empty object (they used to stat the store and get
+    ENOENT; found by tests/osd/test_cls_fuzz.py)."""
+    lock = {"name": "m", "owner": "me", "cookie": "c"}
+    async with connected(osd.port, 60) as obj:
+        await obj.submit(POOL, "new", [
+            O.Call("lock", "lock", json.dumps(lock).encode()),
+            O.Call("rbd", "objmap_set", json.dumps({"start": 9, "end": 12, "value": 1,
+                                                    "objects": 16}).encode()),
+            O.Call("rbd", "allocated", b"")], write=True)
+        assert (await bitmap(obj, "new", 16)).nonzero()[0].tolist() == [9, 10, 11]
