@@ -430,9 +430,7 @@ class OSD:
                 fn, _w = classes.lookup(op.cls, op.method)
                 out.append((op, 0, fn(ctx, op.indata)))
                 continue
-            if t is osdops.Write:
-                txn.write(op.offset, op.data)
-            elif t is osdops.WriteFull:
+            if t is osdops.WriteFull:
                 txn.writefull(op.data)
             elif t is osdops.Zero:
                 txn.zero(op.offset, op.length)
