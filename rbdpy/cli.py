@@ -631,13 +631,24 @@ def _wait_serving(proc, host: str, port: int, timeout: float = 60.0) -> None:  #
 
 
 def cmd_osd(args: argparse.Namespace) -> int:
+    """The OSD's settings are decided here, once: its command line over the RBDPY_OSD_*
+    variables (which the tests set for the OSDs they start) over the defaults."""
+    import os
+
     import trio
 
+    from rbdpy.config import ConfigError
     from rbdpy.osd.daemon import run_osd
+    from rbdpy.osd.options import OSDOptions
 
     rlog.setup(args.log_level)
+    try:
+        options = OSDOptions.from_env(os.environ, aio=False if args.no_aio else None,
+                                      commit_delay=args.commit_delay)
+    except (ConfigError, ValueError) as e:
+        raise UserError(str(e)) from None
     host, port = args.listen
-    trio.run(run_osd, args.id, args.data, host, port)
+    trio.run(run_osd, args.id, args.data, host, port, options)
     return 0
 
 
@@ -651,6 +662,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--id", type=int, required=True)
     o.add_argument("--data", required=True, help="the OSD's data directory")
     o.add_argument("--listen", type=_hostport, default=("127.0.0.1", 6800))
+    o.add_argument("--no-aio", action="store_true", help="sync group commits in a worker "
+                   "thread, not through Linux AIO (also: RBDPY_OSD_NO_AIO=1)")
+    o.add_argument("--commit-delay", type=float, metavar="SECONDS",
+                   help="fault injection: hold every group commit back this long "
+                   "(also: RBDPY_OSD_COMMIT_DELAY; default 0)")
     o.set_defaults(fn=cmd_osd)
 
     c = sub.add_parser("cluster", help="local cluster control")

@@ -37,6 +37,7 @@ from rbdpy.msgr.message import ENTITY_OSD, EntityName, Message, MsgHeader
 from rbdpy.msgr.messenger import Messenger, Peer
 from rbdpy.osd import classes
 from rbdpy.osd.aiosync import AioSync
+from rbdpy.osd.options import OSDOptions
 from rbdpy.osd.store import ObjectStore, StoreError, Transaction
 from rbdpy.proto import ops as osdops
 from rbdpy.proto import osdmsg
@@ -155,8 +156,10 @@ class ObjectContext:
 class OSD:
     """One OSD: a store, a messenger endpoint, a committer. Also the messenger Dispatcher."""
 
-    def __init__(self, osd_id: int, data_dir: str | os.PathLike) -> None:
+    def __init__(self, osd_id: int, data_dir: str | os.PathLike,
+                 options: OSDOptions | None = None) -> None:
         self.id = osd_id
+        self.options = options = options or OSDOptions()
         self.name = EntityName(ENTITY_OSD, osd_id)
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -170,11 +173,9 @@ class OSD:
         self._recent: dict[str, _ObjIds] = {}
         self.msgr: Messenger | None = None
         self.stats = {"ops": 0, "errors": 0, "dups": 0, "commits": 0, "fenced": 0}
-        # fault injection for tests (like Ceph's *_inject_* options): hold every group commit
-        # back this long, so "applied but not yet durable" lasts long enough to act on
-        self.commit_delay = float(os.environ.get("RBDPY_OSD_COMMIT_DELAY", "0") or 0)
+        self.commit_delay = options.commit_delay  # fault injection (see OSDOptions)
         # group commits synced by the kernel, awaited here (None: a worker thread does it)
-        self._aio = None if os.environ.get("RBDPY_OSD_NO_AIO") else AioSync.open()
+        self._aio = AioSync.open() if options.aio else None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -185,7 +186,7 @@ class OSD:
             addr = await msgr.listen(host, port)
             log.info("osd listening", extra={"osd": self.id, "addr": f"{addr[0]}:{addr[1]}",
                                              "commits": "thread" if self._aio is None
-                                             else "aio"})
+                                             else "aio", "commit_delay": self.commit_delay})
             msgr.nursery.start_soon(self._committer)
             task_status.started(addr)
             try:
@@ -689,9 +690,10 @@ def _list(store: ObjectStore, pool: int, start_after: str, n: int
     return names, (names[-1] if more and names else None)
 
 
-async def run_osd(osd_id: int, data_dir: str, host: str, port: int) -> None:
+async def run_osd(osd_id: int, data_dir: str, host: str, port: int,
+                  options: OSDOptions | None = None) -> None:
     """Entry point for ``rbdpy osd``: serve until SIGTERM/SIGINT, then commit and exit."""
-    osd = OSD(osd_id, data_dir)
+    osd = OSD(osd_id, data_dir, options)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             await nursery.start(osd.serve, host, port)

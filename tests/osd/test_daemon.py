@@ -6,7 +6,10 @@ import errno
 import json
 import os
 import random
+import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -19,6 +22,7 @@ from rbdpy.msgr.payload import BioChain
 from rbdpy.proto import ops as O
 from rbdpy.proto import osdmsg as M
 from rbdpy.testing import connected
+from tests.procs import stop_pid
 
 POOL = 1
 BS = 4096
@@ -401,6 +405,36 @@ async def test_sigterm_commits_and_exits_zero(osd) -> None:
     async with client(port) as obj:
         for i, d in payload.items():
             assert await read(obj, f"t{i}", 0, 1 << 20) == bytes(i) + d
+
+
+# ---- options --------------------------------------------------------------------------------
+
+
+def test_options_come_from_the_command_line_over_the_environment(tmp_path, monkeypatch) -> None:
+    """``rbdpy osd`` builds the OSD's options: its flags win over RBDPY_OSD_* (which the
+    tests set for the OSDs they start), and a bad value is one line, not a traceback."""
+    monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "0.5")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = [sys.executable, "-m", "rbdpy.cli", "--log-level", "info", "osd", "--id", "0",
+            "--data", str(tmp_path / "osd"), "--listen", f"127.0.0.1:{port}"]
+    for flags, want in ((["--no-aio"], "commits=thread commit_delay=0.5"),
+                        (["--no-aio", "--commit-delay", "0.25"],
+                         "commits=thread commit_delay=0.25")):
+        with subprocess.Popen([*base, *flags], stderr=subprocess.PIPE, text=True) as p:
+            try:
+                line = ""
+                while "osd listening" not in line and p.poll() is None:
+                    line = p.stderr.readline()
+                assert want in line, line
+            finally:
+                stop_pid(p.pid)
+    monkeypatch.setenv("RBDPY_OSD_COMMIT_DELAY", "soon")
+    for flags, err in (([], "RBDPY_OSD_COMMIT_DELAY='soon'"),
+                       (["--commit-delay", "-1"], "commit delay must be >= 0")):
+        r = subprocess.run([*base, *flags], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr.startswith("rbdpy: ") and err in r.stderr, r
 
 
 # ---- malformed requests ---------------------------------------------------------------------
