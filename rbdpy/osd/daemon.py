@@ -323,21 +323,27 @@ class OSD:
     def _blocklist_add(self, peer: Peer, req: osdmsg.OSDRequest, op: osdops.Blocklist
                        ) -> None:
         """Fence a client, durably: replied to once the entry is committed, so the fencer
-        knows that no request of the fenced client is executed here any more."""
+        knows that no request of the fenced client is executed here any more. The entry
+        replaces the client's previous one, in memory as on disk (an ``until`` already
+        past unfences it)."""
         txn = Transaction()
         txn.setxattr(str(op.client_num), _UNTIL.pack(op.until))
         now = time.time()
-        for num, until in list(self.blocklist.items()):
-            if until <= now:
-                txn.rmxattr(str(num))
-                del self.blocklist[num]
+        expired = [num for num, until in self.blocklist.items()
+                   if until <= now and num != op.client_num]  # not the entry just written
+        for num in expired:
+            txn.rmxattr(str(num))
         try:
             res = self.store.apply(BLOCKLIST_KEY, txn)
         except StoreError as e:
             self.stats["errors"] += 1
             return self._reply(peer, req, -e.errno, 0, [], None, True)
+        for num in expired:
+            del self.blocklist[num]
         if op.until > now:
             self.blocklist[op.client_num] = op.until
+        else:
+            self.blocklist.pop(op.client_num, None)
         log.warning("blocklisted client.%d until %d", op.client_num, op.until)
         self._reply(peer, req, 0, res.version, [(op, 0, None)], res.seq, True)
 

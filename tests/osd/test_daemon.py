@@ -623,7 +623,9 @@ async def test_a_write_waiting_for_its_commit_gets_one_reply_with_its_outputs(os
 
 async def test_a_blocklisted_client_is_refused_everything_until_it_expires(osd) -> None:
     """Fencing (``Blocklist``): once the fencer has the (committed) reply, every request of
-    that client fails with ESHUTDOWN, reads too, across an OSD restart; others are served."""
+    that client fails with ESHUTDOWN, reads too, across an OSD restart; others are served.
+    When the entry expires (the fencer chose when: ``until``), the client is served again.
+    No timing is asserted: the client polls until served, and must not be before ``until``."""
     now = int(time.time())
     async with client(osd.port) as a, client(osd.port) as b:
         await a.submit(POOL, "o", [O.Write(0, b"a")], write=True)
@@ -645,3 +647,52 @@ async def test_a_blocklisted_client_is_refused_everything_until_it_expires(osd) 
     async with client(osd.port, client_id=a_num) as a2, client(osd.port) as b2:
         await expect_err(errno.ESHUTDOWN, a2.submit(POOL, "o", [O.Read(0, 1)], write=False))
         assert await read(b2, "o", 0, 1) == b"a"
+        until = int(time.time()) + 2  # a short fence this time
+        await fence(b2, a2.me.num, until)
+        assert await served_again(a2) == b"a"
+        assert time.time() >= until, "served before its entry expired"
+        await a2.submit(POOL, "o", [O.Write(0, b"A")], write=True, wait_commit=True)
+    osd.kill9()  # and the expired entry does not come back with a restart
+    osd.start()
+    async with client(osd.port, client_id=a_num) as a3:
+        assert await read(a3, "o", 0, 1) == b"A"
+
+
+async def fence(obj: Objecter, num: int, until: int) -> None:
+    await obj.submit(POOL, "osd_blocklist", [O.Blocklist(num, until)], write=True,
+                     wait_commit=True, osd=0)
+
+
+async def served_again(obj: Objecter, oid: str = "o", deadline: float = 60) -> bytes:
+    """Poll with reads while they are refused (ESHUTDOWN); the first served read's byte."""
+    with trio.fail_after(deadline):
+        while True:
+            try:
+                return await read(obj, oid, 0, 1)
+            except OSDError as e:
+                assert e.errno == errno.ESHUTDOWN, e
+            await trio.sleep(0.1)
+
+
+async def test_fencing_a_client_again_after_its_entry_expired_holds_across_a_restart(
+        osd) -> None:
+    """A new entry for a client whose old one expired (while it sent nothing, so the OSD
+    still had the old one in memory) is the entry: on disk too, so it survives a restart.
+    It used to be removed in the very transaction that wrote it, as the old one's cleanup."""
+    async with client(osd.port) as a, client(osd.port) as b:
+        await a.submit(POOL, "o", [O.Write(0, b"a")], write=True)
+        until = int(time.time()) + 1
+        await fence(b, a.me.num, until)
+        while time.time() <= until:  # let it expire, with no request from a
+            await trio.sleep(0.1)
+        await fence(b, a.me.num, int(time.time()) + 3600)
+        await expect_err(errno.ESHUTDOWN, a.submit(POOL, "o", [O.Read(0, 1)], write=False))
+        # and the other way round: a fence that already expired unfences, as on disk
+        await fence(b, a.me.num, int(time.time()) - 1)
+        assert await read(a, "o", 0, 1) == b"a"
+        await fence(b, a.me.num, int(time.time()) + 3600)
+        a_num = a.me.num
+    osd.kill9()
+    osd.start()
+    async with client(osd.port, client_id=a_num) as a2:
+        await expect_err(errno.ESHUTDOWN, a2.submit(POOL, "o", [O.Read(0, 1)], write=False))
