@@ -753,6 +753,75 @@ def test_a_data_file_that_may_not_grow_is_enospc_before_journaling(tmp_path):
     s.close()
 
 
+REAL_FULL_CHECKPOINT = textwrap.dedent("""
+    import errno, resource, signal, sys
+    from rbdpy.osd.store import ObjectStore, StoreError, Transaction
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    s = ObjectStore(sys.argv[1], max_object_size=64 << 20)
+    for i in range(40):  # metadata only: 16384 block crcs each, no data written
+        s.apply(f"o{i}", Transaction().truncate(64 << 20))
+    try:  # its record of these objects (66 KiB each) cannot fit under the 1 MiB limit
+        s.checkpoint()
+        raise AssertionError("the checkpoint log may not grow past 1 MiB")
+    except StoreError as e:
+        assert e.errno == errno.ENOSPC, e
+    s.apply("o0", Transaction().write(0, b"x"))  # the store goes on serving
+    assert s.commit() == 41
+    s.abandon()
+""")
+
+
+def test_a_checkpoint_log_that_may_not_grow_is_enospc(tmp_path):
+    """A file-size limit hit by the checkpoint log (EFBIG from the kernel, as in the other
+    files) is ENOSPC like everywhere else; it was EIO. The journal keeps everything."""
+    r = subprocess.run([sys.executable, "-c", REAL_FULL_CHECKPOINT, str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    s = ObjectStore(tmp_path / "s", max_object_size=64 << 20)
+    assert s.applied_seq == 41 and len(s) == 40
+    assert s.stat("o39").size == 64 << 20 and s.read("o0", 0, 2) == b"x\0"
+    s.close()  # checkpoints now
+    s = ObjectStore(tmp_path / "s", max_object_size=64 << 20)
+    assert s.applied_seq == 41 and s.read("o0", 0, 2) == b"x\0"
+    s.close()
+
+
+@pytest.mark.parametrize("site", ["journal segment", "checkpoint log"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO],
+                         ids=errno.errorcode.get)
+def test_checkpoint_maps_errors_like_every_write(tmp_path, monkeypatch, site, code):
+    """A checkpoint's writes (its new journal segment's header, its record in the log) map
+    errors as the data and journal writes do: ENOSPC for any "no space" (a quota's EDQUOT
+    cannot be produced here without quotas: injected as a real errno where the write is
+    made), EIO for the rest. The checkpoint said EIO for EDQUOT and EFBIG."""
+    import struct
+
+    from rbdpy.osd.store import format as fmt
+
+    s = ObjectStore(tmp_path / "s")
+    s.apply("a", Transaction().write(0, b"a" * BS))
+    magic = struct.pack("<I", fmt.S_MAGIC if site == "journal segment" else fmt.M_MAGIC)
+    real = os.pwritev
+
+    def failing(fd, bufs, pos):
+        if bytes(memoryview(bufs[0])[:4]) == magic:
+            raise OSError(code, os.strerror(code))
+        return real(fd, bufs, pos)
+
+    monkeypatch.setattr(os, "pwritev", failing)
+    with pytest.raises(StoreError) as e:
+        s.checkpoint()
+    assert err(e) == (errno.EIO if code == errno.EIO else errno.ENOSPC)
+    monkeypatch.undo()
+    s.apply("a", Transaction().write(BS, b"b" * BS))
+    s.checkpoint()
+    s.close()
+    s = ObjectStore(tmp_path / "s")
+    assert s.read("a", 0, 3 * BS) == b"a" * BS + b"b" * BS
+    s.close()
+
+
 # -- group commit and threads -----------------------------------------------------------------
 
 

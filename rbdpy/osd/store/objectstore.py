@@ -453,8 +453,7 @@ class ObjectStore:
             try:
                 old_fd, old_gen = journal.rotate()
             except OSError as e:
-                raise StoreError(errno.ENOSPC if e.errno == errno.ENOSPC else errno.EIO,
-                                 f"new journal segment: {e}") from None
+                raise store_error(e, "new journal segment") from None
             dirty, self._dirty = self._dirty, set()
             new_dirs, self._new_dirs = self._new_dirs, set()
             snaps = [(oid, fmt.encode_obj(oid, self._objs.get(oid), self._bs),
@@ -474,8 +473,7 @@ class ObjectStore:
                 self._dirty |= dirty
                 self._new_dirs |= new_dirs
             journal.old_fds.append(old_fd)  # its segment is still needed until a checkpoint
-            raise StoreError(errno.ENOSPC if e.errno == errno.ENOSPC else errno.EIO,
-                             f"checkpoint: {e}") from None
+            raise store_error(e, "checkpoint") from None
         os.close(old_fd)
         journal.release_old()
         journal.retire(old_gen, 2 * self.journal_max + (1 << 20))
