@@ -110,6 +110,10 @@ class RecvState(enum.Enum):
     FOOTER = "footer"
     DONE = "done"  # the peer closed the session: nothing may follow
 
+    # members are singletons, equal only to themselves: hash them by identity too, in C
+    # (Enum's own __hash__ is a Python function, paid on every _ON_SECTION lookup)
+    __hash__ = object.__hash__
+
 
 # the states of the per-read loops, as plain names: an attribute of an Enum class costs there
 _TAG, _DATA, _FOOTER, _DONE = RecvState.TAG, RecvState.DATA, RecvState.FOOTER, RecvState.DONE
