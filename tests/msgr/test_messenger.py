@@ -22,6 +22,7 @@ import trio.testing
 
 from rbdpy.crc import crc32c
 from rbdpy.msgr.connection import Connection
+from rbdpy.msgr.events import KeepaliveReceived
 from rbdpy.msgr.message import (
     HEADER,
     HEADER_CRC,
@@ -30,7 +31,7 @@ from rbdpy.msgr.message import (
     MsgHeader,
     encode_header,
 )
-from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
+from rbdpy.msgr.messenger import Address, Messenger, Peer, SimpleDispatcher
 from rbdpy.msgr.payload import BioChain, Pagelist
 from rbdpy.msgr.session import Session
 from rbdpy.msgr.wire import Limits
@@ -384,10 +385,12 @@ async def test_data_lands_in_the_receivers_buffers_both_ways() -> None:
 # ---- garbage peers --------------------------------------------------------------------------
 
 
-async def _raw_client(addr: tuple[str, int], me: EntityName
-                      ) -> tuple[trio.SocketStream, Connection]:
+async def _raw_client(addr: Address, me: EntityName) -> tuple[trio.SocketStream, Connection]:
     """A hand-driven client: a sans-I/O Connection over a raw stream, up to 'open'."""
-    stream = await trio.open_tcp_stream(*addr)
+    if isinstance(addr, str):
+        stream = await trio.open_unix_socket(addr)
+    else:
+        stream = await trio.open_tcp_stream(*addr)
     conn = Connection(me, random.getrandbits(62) | 1, client=True, session=Session())
     out = b"".join(conn.data_to_send())
     conn.sent(len(out))
@@ -577,18 +580,16 @@ async def test_client_restart_gives_server_on_peer_reset() -> None:
 # ---- keepalive, close, lossy sessions -------------------------------------------------------
 
 
-async def test_keepalive_over_socket_and_close() -> None:
+async def test_close_ends_the_session_on_both_sides() -> None:
     srv = Server()
     cli = Client(expect=1)
     with trio.fail_after(8):
-        async with Messenger(SRV, srv.dispatcher(), keepalive_interval=0.01) as server:
+        async with Messenger(SRV, srv.dispatcher()) as server:
             addr = await server.listen()
-            async with Messenger(CLI, cli.dispatcher(), keepalive_interval=0.01,
-                                 **FAST) as client:
+            async with Messenger(CLI, cli.dispatcher(), **FAST) as client:
                 peer = client.connect(addr)
                 peer.send(request(5, 100)[0])
                 await cli.done.wait()
-                await trio.sleep(0.1)  # lets several keepalives flow; nothing asserted on time
                 assert peer.conn is not None and peer.conn.open
                 peer.close()
                 while server.incoming:  # the server forgets the closed session
@@ -598,6 +599,74 @@ async def test_keepalive_over_socket_and_close() -> None:
                 client.shutdown()
             server.shutdown()
     assert [g[0] for g in srv.got] == [5]
+
+
+KA_INTERVAL, KA_TIMEOUT = 1.0, 4.0
+"""The keepalive tests run on trio's MockClock, so these are virtual seconds: a peer silent
+since its last byte is dropped once KA_TIMEOUT has passed, at the first keepalive tick after
+that, so no later than KA_TIMEOUT + KA_INTERVAL."""
+
+
+def _autojump(clock: trio.testing.MockClock) -> None:
+    """From now on, jump the clock to the next deadline whenever every task waits. Only once
+    the listener is bound (trio binds a unix socket in a thread, and a jump while it works
+    would fire the test's own deadline); over a unix socket a sent byte is readable at once,
+    so the clock never jumps while one is in flight."""
+    clock.autojump_threshold = 0
+
+
+def _keepalive_server() -> Messenger:
+    return Messenger(SRV, SimpleDispatcher(_ignore), keepalive_interval=KA_INTERVAL,
+                     keepalive_timeout=KA_TIMEOUT)
+
+
+async def test_a_silent_peer_is_dropped_within_the_keepalive_bound(
+        mock_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """A peer that completes the handshake and then never sends a byte (not even keepalive
+    acks) is dropped after KA_TIMEOUT and no later than KA_TIMEOUT + KA_INTERVAL."""
+    with trio.fail_after(100 * KA_TIMEOUT):
+        async with _keepalive_server() as server:
+            path = await server.listen_unix(str(tmp_path / "ka.sock"))
+            _autojump(mock_clock)
+            start = trio.current_time()  # the server's last byte from the peer comes after
+            stream, _conn = await _raw_client(path, EntityName(1, 80))
+            opened = trio.current_time()  # ... and before this
+            assert await _dropped(stream)  # reads the server's keepalives, answers nothing
+            dropped = trio.current_time()
+            server.shutdown()
+    assert dropped - start > KA_TIMEOUT
+    assert dropped - opened <= KA_TIMEOUT + KA_INTERVAL
+
+
+async def test_a_peer_that_only_answers_keepalives_is_never_dropped(
+        mock_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """The same peer, answering each keepalive and sending nothing else, stays connected for
+    ten times the bound: a keepalive ack is proof of life."""
+    acked: list[int] = []
+    run_for = 10 * (KA_TIMEOUT + KA_INTERVAL)
+
+    async def answer(stream: trio.SocketStream, conn: Connection) -> None:
+        while data := await stream.receive_some(4096):
+            stamps = [e.stamp for e in conn.feed(data) if isinstance(e, KeepaliveReceived)]
+            acked.extend(stamps)
+            out = b"".join(conn.data_to_send())
+            assert len(out) == 9 * len(stamps)  # KEEPALIVE_ACKs (tag, stamp), nothing else
+            conn.sent(len(out))
+            await stream.send_all(out)
+        raise AssertionError(f"dropped after {trio.current_time() - start:.1f}s")
+
+    with trio.fail_after(100 * KA_TIMEOUT):
+        async with _keepalive_server() as server:
+            path = await server.listen_unix(str(tmp_path / "ka.sock"))
+            _autojump(mock_clock)
+            stream, conn = await _raw_client(path, EntityName(1, 81))
+            start = trio.current_time()
+            with trio.move_on_after(run_for) as scope:
+                await answer(stream, conn)
+            assert scope.cancelled_caught and conn.open and not conn.faulted
+            assert len(acked) >= run_for / KA_INTERVAL - 1  # the server kept asking
+            await stream.aclose()
+            server.shutdown()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
