@@ -439,6 +439,9 @@ class Messenger:
                 await trio.lowlevel.checkpoint()
 
     async def _keepalive(self, state: _Driven, conn: Connection) -> None:
+        """Every ``keepalive_interval``, ask the peer for a sign of life; any byte read counts
+        as one. A peer silent for more than ``keepalive_timeout`` is dropped at the next tick,
+        so within ``keepalive_timeout + keepalive_interval`` of its last byte."""
         while True:
             await trio.sleep(self.keepalive_interval)
             idle = trio.current_time() - state.last_rx
