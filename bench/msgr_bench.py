@@ -63,7 +63,7 @@ def msgr_receiver(port_file: str, size: int) -> None:
         def alloc(peer: EntityName | None, h: MsgHeader) -> list[memoryview] | None:
             return [dest] if h.type == MSG_DATA else None
 
-        async def dispatch(peer, msg: Message) -> None:  # noqa: ANN001
+        async def dispatch(peer, msg: Message) -> None:
             if msg.type == MSG_DATA:
                 state["n"] += 1
             else:
@@ -134,7 +134,7 @@ def run_msgr(size: int, count: int, tmp: str) -> float:
 async def _msgr_send(port: int, size: int, count: int) -> float:
     done = trio.Event()
 
-    async def dispatch(peer, msg: Message) -> None:  # noqa: ANN001
+    async def dispatch(peer, msg: Message) -> None:
         done.set()
 
     buf = bytearray(os.urandom(size))
@@ -155,7 +155,7 @@ async def _msgr_send(port: int, size: int, count: int) -> float:
     return elapsed
 
 
-def calibrate(fn, size: int, seconds: float, tmp: str) -> int:  # noqa: ANN001
+def calibrate(fn, size: int, seconds: float, tmp: str) -> int:
     """A message count for which one run of ``fn`` takes about ``seconds``."""
     count = max(16, int((64 << 20) // size))
     t = fn(size, count, tmp)

@@ -103,7 +103,7 @@ async def through_osd(port: int, region: int, seconds: float) -> dict:
         el = time.perf_counter() - t0
         out["1M write"] = {"ops": region / (1 << 20) / el, "MBps": region / el / 1e6}
 
-        async def run_qd(qd: int, op) -> float:  # noqa: ANN001
+        async def run_qd(qd: int, op) -> float:
             count = 0
             deadline = time.perf_counter() + seconds
 

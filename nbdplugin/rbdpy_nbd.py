@@ -117,7 +117,7 @@ def cleanup() -> None:
             _state["rados"].close()
 
 
-def open(readonly: bool) -> Handle:  # noqa: A001 - the name nbdkit calls
+def open(readonly: bool) -> Handle:  # the name nbdkit calls
     if _state["image"] is None:
         _state["rados"], _state["image"] = _open_image()
     return {"readonly": readonly or _cfg["readonly"]}

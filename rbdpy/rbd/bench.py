@@ -13,7 +13,7 @@ payloads are one immutable random buffer shared by every op: nothing the bench h
 client can change while a write is in flight (or waits for its commit to be resent), and no
 op pays for filling a buffer. Non-zero random data also makes a written image easy to check.
 
-The CLI (``rbdpy/cli.py``) parses arguments, opens the image and prints; everything here is
+The CLI (``rbdpy/cli/``) parses arguments, opens the image and prints; everything here is
 plain data in, plain data out, plus the pure formatting helpers it prints with.
 """
 

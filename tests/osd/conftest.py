@@ -6,7 +6,7 @@ import pytest
 
 
 @pytest.fixture
-def osd(osd_process):  # noqa: ANN001, ANN201
+def osd(osd_process):
     """A running OSD (an ``OSDProc``: port, data, start/kill9/stop); stopped at teardown."""
     o = osd_process()
     o.start()

@@ -13,7 +13,7 @@ from rbdpy.osd.aiosync import AioSync
 
 
 @pytest.fixture
-def aio():  # noqa: ANN201
+def aio():
     a = AioSync.open()
     if a is None:  # this is what the OSD checks too: it then syncs in a thread
         pytest.skip("no Linux AIO on this machine")

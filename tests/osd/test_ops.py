@@ -737,7 +737,7 @@ def test_registry() -> None:
     assert O.registered_ops() == ops
 
 
-def _outcome(decode, msg: Message) -> tuple:  # noqa: ANN001
+def _outcome(decode, msg: Message) -> tuple:
     try:
         req = decode(msg)
     except O.OpDecodeError as e:

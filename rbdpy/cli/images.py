@@ -1,0 +1,331 @@
+"""Image verbs, like ``rbd``: create, import/export, cp/mv, ls/info, lock, resize, rm, du, bench."""
+
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rbdpy.cli.common import (
+    UserError,
+    _done_meter,
+    _image_errors,
+    _order,
+    _progress_meter,
+    _rados,
+    human,
+    parse_size,
+)
+from rbdpy.rbd import api as rbdapi
+
+
+@_image_errors
+def cmd_create(args: argparse.Namespace) -> int:
+    order = _order(args.object_size)
+    with _rados(args) as r:
+        rbdapi.create_image(r, args.name, args.size, order=order)
+    return 0
+
+
+@_image_errors
+def cmd_import(args: argparse.Namespace) -> int:
+    """``rbd import``: a raw file, block device or ``-`` (stdin) into a new image, sparse
+    (zero blocks are not written); the image is durable when this returns 0. A failed or
+    interrupted import removes the partial image."""
+    import os
+
+    from rbdpy.rbd import transfer
+
+    order = _order(args.object_size)
+    name = args.name or os.path.basename(args.path.rstrip("/"))
+    if args.path == "-":
+        fd, closefd = sys.stdin.fileno(), False
+        if not args.name:
+            raise UserError("importing from stdin needs an image name")
+    else:
+        try:
+            fd, closefd = os.open(args.path, os.O_RDONLY | os.O_CLOEXEC), True
+        except OSError as e:
+            raise UserError(f"cannot open {args.path}: {e.strerror}") from None
+    try:
+        size = transfer.source_size(fd)
+        progress = _progress_meter("Importing image", not args.no_progress)
+        with _rados(args) as r:
+            rbdapi.create_image(r, name, size or 0, order=order)
+            _fill_new_image(r, name, f"import of {args.path}",
+                            lambda img: transfer.import_into(img, fd, size, progress))
+    finally:
+        if closefd:
+            os.close(fd)
+    _done_meter("Importing image", progress)
+    return 0
+
+
+DROP_TIMEOUT = 30.0
+
+
+def _fill_new_image(r, name: str, what: str, fill) -> None:
+    """Open the image ``name`` just created and ``fill(img)`` it, then close it; if that
+    fails (one line) or is interrupted (Ctrl-C), remove the partial image."""
+    from rbdpy.client.objecter import OSDError
+    from rbdpy.rbd.image import ImageError
+
+    img = None
+    try:
+        img = rbdapi.open_image(r, name)
+        fill(img)
+        img.close()
+    except (OSError, OSDError, ImageError) as e:
+        raise UserError(f"{what} failed: {e}; {_drop_partial(r, img, name)}") from None
+    except KeyboardInterrupt:
+        print(f"\nrbdpy: {what} interrupted; {_drop_partial(r, img, name)}",
+              file=sys.stderr)
+        raise
+
+
+def _drop_partial(r, img, name: str) -> str:
+    """Remove what a failed import (or copy) left; says what happened, for the error line."""
+    import trio
+
+    from rbdpy.rbd import image as rbdimage
+
+    async def remove() -> None:
+        with trio.fail_after(DROP_TIMEOUT):  # the cluster may be what failed
+            await rbdimage.remove_image(r.objecter, r.pool, name,
+                                        lease=r.options.lock_lease)
+    try:
+        if img is not None:
+            img.close()
+        r.run(remove)
+        return f"removed the partial image {name}"
+    except Exception as e:  # reported, the original error matters more
+        return f"could not remove the partial image {name} ({e}): 'rbdpy rm {name}'"
+
+
+@_image_errors
+def cmd_mv(args: argparse.Namespace) -> int:
+    """``rbd mv``: rename (refused while a writer has the image open)."""
+    with _rados(args) as r:
+        rbdapi.rename_image(r, args.name, args.new_name)
+    return 0
+
+
+@_image_errors
+def cmd_cp(args: argparse.Namespace) -> int:
+    """``rbd cp``: a new image with the same size, object size and data, sparse (holes
+    and zero blocks are not copied); durable when this returns 0. A failed or interrupted
+    copy removes the partial image."""
+    from rbdpy.rbd import transfer
+
+    progress = _progress_meter("Image copy", not args.no_progress)
+    with _rados(args) as r:
+        src = rbdapi.open_image(r, args.name, read_only=True)  # read-only: works next to a server
+        rbdapi.create_image(r, args.dest, src.size, order=src.info.order)
+        _fill_new_image(r, args.dest, f"copy to {args.dest}",
+                        lambda dst: transfer.copy_image(src, dst, progress))
+    _done_meter("Image copy", progress)
+    return 0
+
+
+@_image_errors
+def cmd_export(args: argparse.Namespace) -> int:
+    """``rbd export``: an image to a new raw file (sparse), a block device, or ``-``
+    (stdout, every byte). An existing regular file is not overwritten; a failed or
+    interrupted export deletes the file it created."""
+    import os
+    import stat
+
+    from rbdpy.rbd import transfer
+
+    st = None
+    if args.path == "-":
+        if sys.stdout.isatty():
+            raise UserError("refusing to write image data to a terminal (redirect stdout)")
+    else:
+        try:
+            st = os.stat(args.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise UserError(f"cannot use {args.path}: {e.strerror}") from None
+        if st is not None and not stat.S_ISBLK(st.st_mode):
+            raise UserError(f"{args.path} exists (remove it first, or export to a new name)")
+    progress = _progress_meter("Exporting image", not args.no_progress)
+    with _rados(args) as r:
+        img = rbdapi.open_image(r, args.name, read_only=True)  # first: a wrong name makes no file
+        if args.path == "-":
+            fd, created = sys.stdout.fileno(), False
+        else:
+            flags = os.O_WRONLY | os.O_CLOEXEC | (0 if st else os.O_CREAT | os.O_EXCL)
+            try:
+                fd = os.open(args.path, flags, 0o644)
+            except OSError as e:
+                raise UserError(f"cannot create {args.path}: {e.strerror}") from None
+            created = st is None
+        ok = False
+        try:
+            transfer.export_from(img, fd, progress)
+            ok = True
+        except OSError as e:
+            raise UserError(f"export to {args.path} failed: {e}") from None
+        finally:
+            if args.path != "-":
+                os.close(fd)
+            if not ok and created:
+                os.unlink(args.path)
+    _done_meter("Exporting image", progress)
+    return 0
+
+
+@_image_errors
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _rados(args) as r:
+        for name in sorted(rbdapi.list_images(r)):
+            print(name)
+    return 0
+
+
+@_image_errors
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    with _rados(args) as r:
+        info = rbdapi.open_image(r, args.name, read_only=True).info
+    if args.format == "json":
+        print(json.dumps({"name": info.name, "id": info.id, "size": info.size,
+                          "order": info.order, "object_size": info.object_size,
+                          "objects": info.num_objects, "stripe_unit": info.stripe_unit,
+                          "stripe_count": info.stripe_count, "features": info.features}))
+        return 0
+    print(f"rbd image '{info.name}':")
+    print(f"\tsize {human(info.size)} in {info.num_objects} objects")
+    print(f"\torder {info.order} ({human(info.object_size)} objects)")
+    print(f"\tid: {info.id}")
+    print(f"\tblock_name_prefix: rbd_data.{info.id}")
+    print(f"\tstripe unit: {human(info.stripe_unit)}, stripe count: {info.stripe_count}")
+    print(f"\tfeatures: {', '.join(info.features)}")
+    return 0
+
+
+@_image_errors
+def cmd_lock(args: argparse.Namespace) -> int:
+    import time
+
+    with _rados(args) as r:
+        verb = rbdapi.break_lock if args.action == "break" else rbdapi.lock_holder
+        h = verb(r, args.name)
+    if h is None:
+        print(f"image {args.name} is not locked")
+        return 0 if args.action == "ls" else 1
+    if args.action == "break":
+        print(f"broke the lock of {h.describe()}: fenced, the OSDs refuse its requests")
+        return 0
+    left = f", lease ends in {h.expires - time.time():.0f} s" if h.expires else ""
+    print(f"locked by {h.describe()}{left} (cookie {h.cookie})")
+    return 0
+
+
+@_image_errors
+def cmd_resize(args: argparse.Namespace) -> int:
+    with _rados(args) as r:
+        img = rbdapi.open_image(r, args.name)
+        if args.size < img.size and not args.allow_shrink:
+            raise UserError("shrinking loses data: add --allow-shrink")
+        img.resize(args.size)
+    return 0
+
+
+@_image_errors
+def cmd_rm(args: argparse.Namespace) -> int:
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rRemoving image: {100 * done // max(total, 1)}% complete...",
+                  end="", file=sys.stderr, flush=True)
+
+    with _rados(args) as r:
+        rbdapi.remove_image(r, args.name, progress)
+    if sys.stderr.isatty():
+        print("\rRemoving image: 100% complete...done.", file=sys.stderr)
+    return 0
+
+
+@_image_errors
+def cmd_du(args: argparse.Namespace) -> int:
+    with _rados(args) as r:
+        names = [args.name] if args.name else sorted(rbdapi.list_images(r))
+        print(f"{'NAME':<24} {'PROVISIONED':>12} {'USED':>12}")
+        for name in names:
+            img = rbdapi.open_image(r, name, read_only=True)
+            used = img.du()
+            if args.bytes:
+                print(f"{name:<24} {img.size:>12} {used:>12}")
+            else:
+                print(f"{name:<24} {human(img.size):>12} {human(used):>12}")
+    return 0
+
+
+@_image_errors
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``rbd bench``: I/O straight through the client library (no NBD), then the figures.
+
+    Progress goes to stderr (a bar rewritten in place on a terminal, one line per interval
+    otherwise); the summary, or the JSON object, is the only thing on stdout.
+    """
+    import json
+
+    from rbdpy.rbd import bench
+
+    def size(opt: str, value: str) -> int:
+        try:
+            return parse_size(value)
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"{opt}: {e}") from None
+
+    def integer(opt: str, value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"{opt}: expected a whole number, got {value!r}") from None
+
+    if args.io_type is None:
+        raise UserError("--io-type is required (read, write or readwrite)")
+    if args.format not in ("plain", "json"):
+        raise UserError(f"bad --format {args.format!r} (plain or json)")
+    try:
+        spec = bench.BenchSpec(
+            io_type=bench.parse_io_type(args.io_type), io_size=size("--io-size", args.io_size),
+            io_threads=integer("--io-threads", args.io_threads),
+            io_total=size("--io-total", args.io_total),
+            io_pattern=bench.parse_io_pattern(args.io_pattern),
+            rw_mix_read=integer("--rw-mix-read", args.rw_mix_read))
+        spec.check(bench.MAX_IO_SIZE)  # all but the image's own size, before connecting
+    except bench.BenchError as e:
+        raise UserError(str(e)) from None
+
+    show = not args.no_progress
+    tty = show and sys.stderr.isatty()
+
+    def report(p: bench.Progress) -> None:
+        if tty:
+            print("\r" + bench.progress_bar(p), end="", file=sys.stderr, flush=True)
+        else:
+            print(bench.progress_line(p), file=sys.stderr, flush=True)
+
+    with _rados(args) as r:
+        img = rbdapi.open_image(r, args.name, read_only=spec.io_type == "read")
+        try:
+            spec.check(img.size)
+        except bench.BenchError as e:
+            raise UserError(str(e)) from None
+        if show:
+            print(spec.describe(), file=sys.stderr)
+            if not tty:
+                print(bench.PROGRESS_HEADER, file=sys.stderr)
+        result = r.run(bench.run_bench, img.image, spec, report if show else None)
+    if tty:
+        print("\r\x1b[K", end="", file=sys.stderr, flush=True)  # erase the bar
+    if args.format == "json":
+        print(json.dumps({"image": args.name, **result.to_json()}))
+    else:
+        print(bench.summary(result))
+    return 0
