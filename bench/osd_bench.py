@@ -24,8 +24,8 @@ from pathlib import Path
 import trio
 
 from rbdpy.client.objecter import Objecter
+from rbdpy.maps.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.msgr.messenger import Messenger
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.proto import ops as O
 
 OBJ = 4 << 20

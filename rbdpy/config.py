@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.maps.osdmap import OSDInfo, OSDMap, PoolInfo
 
 DEFAULT_DIR = "rbdpy-data"
 FILE_NAME = "cluster.toml"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from rbdpy import config
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.maps.osdmap import OSDInfo, OSDMap, PoolInfo
 
 
 class ClusterError(Exception):

@@ -9,8 +9,8 @@ from typing import TypeVar
 import trio
 
 from rbdpy.client.objecter import Objecter
+from rbdpy.maps.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.msgr.messenger import Messenger
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.rbd import image as rbdimage
 
 T = TypeVar("T")

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import trio
 
 from rbdpy.errors import RbdpyError
+from rbdpy.maps.osdmap import OSDMap
 from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message, MsgHeader
 from rbdpy.msgr.messenger import Messenger, Peer
-from rbdpy.osdmap import OSDMap
 from rbdpy.proto import ops as osdops
 from rbdpy.proto import osdmsg
 

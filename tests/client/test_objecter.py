@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from rbdpy.client.objecter import Objecter, OSDError
+from rbdpy.maps.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.msgr.message import ENTITY_CLIENT, EntityName, Message
 from rbdpy.msgr.messenger import Messenger, Peer, SimpleDispatcher
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.proto import ops as O
 from rbdpy.proto import osdmsg as M
 

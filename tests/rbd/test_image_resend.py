@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from rbdpy.client.objecter import Objecter
+from rbdpy.maps.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.msgr.messenger import Messenger
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.rbd import image as rbdimage
 
 POOL = 1

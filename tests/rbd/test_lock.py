@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import trio
 
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.maps.osdmap import OSDInfo, OSDMap, PoolInfo
 from rbdpy.rbd import image as rbdimage
 from rbdpy.rbd import lock as rlock
 from rbdpy.testing import POOL, connected, new_image

@@ -7,7 +7,7 @@ changes only the acting sets that gain or lose it, and those by that one OSD, th
 keeping their order: with N equal OSDs about 1/N of the replicas move, and nothing else does.
 An OSD draws best with a probability proportional to its weight: with one replica that is its
 share of the PGs; with more, shares are flatter than the weights (a PG's replicas are distinct
-OSDs, so a heavy one holds at most one of them). Tests: tests/test_osdmap.py.
+OSDs, so a heavy one holds at most one of them). Tests: tests/maps/test_osdmap.py.
 
 Until the monitor exists the map comes from the cluster file with epoch 1; the seam
 (``OSDMap.object_target``) is what the objecter calls.

@@ -1,4 +1,4 @@
-"""Placement (``rbdpy.osdmap``): the claims of its docstring, and the memo.
+"""Placement (``rbdpy.maps.osdmap``): the claims of its docstring, and the memo.
 
 Exact properties (any map, checked with Hypothesis): adding or removing one OSD changes only
 the acting sets that gain or lose it, and those by that one OSD, the others keeping their
@@ -17,7 +17,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rbdpy.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.maps.osdmap import OSDInfo, OSDMap, PoolInfo
 
 SIGMAS = 5
 
