@@ -9,6 +9,7 @@ from rbdpy import log as rlog
 from rbdpy.cli.common import (
     UserError,
     _cfg,
+    _hostport,
 )
 
 
@@ -57,3 +58,23 @@ def cmd_osd(args: argparse.Namespace) -> int:
     host, port = args.listen
     trio.run(run_osd, args.id, args.data, host, port, options)
     return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``osd`` and ``cluster`` verbs."""
+    o = sub.add_parser("osd", help="run an OSD daemon in the foreground")
+    o.add_argument("--id", type=int, required=True)
+    o.add_argument("--data", required=True, help="the OSD's data directory")
+    o.add_argument("--listen", type=_hostport, default=("127.0.0.1", 6800))
+    o.add_argument("--no-aio", action="store_true", help="sync group commits in a worker "
+                   "thread, not through Linux AIO (also: RBDPY_OSD_NO_AIO=1)")
+    o.add_argument("--commit-delay", type=float, metavar="SECONDS",
+                   help="fault injection: hold every group commit back this long "
+                   "(also: RBDPY_OSD_COMMIT_DELAY; default 0)")
+    o.set_defaults(fn=cmd_osd)
+
+    c = sub.add_parser("cluster", help="local cluster control")
+    c.add_argument("action", choices=["up", "down", "status"])
+    c.add_argument("--data", help="data directory (same as --cluster)")
+    c.add_argument("--osds", type=int, default=1, help="OSDs to create on first 'up'")
+    c.set_defaults(fn=cmd_cluster)

@@ -329,3 +329,65 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(bench.summary(result))
     return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The image verbs."""
+    def image_cmd(name: str, fn, helptext: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = image_cmd("create", cmd_create, "create a thin image")
+    sp.add_argument("name")
+    sp.add_argument("--size", type=parse_size, required=True)
+    sp.add_argument("--object-size", type=parse_size, default=None)
+    image_cmd("ls", cmd_ls, "list images")
+    sp = image_cmd("import", cmd_import, "copy a raw file, block device or - (stdin) into a "
+                   "new image, sparse (like rbd import)")
+    sp.add_argument("path")
+    sp.add_argument("name", nargs="?", help="image name (default: the file's name)")
+    sp.add_argument("--object-size", type=parse_size, default=None)
+    sp.add_argument("--no-progress", action="store_true")
+    sp = image_cmd("export", cmd_export, "copy an image to a new raw file (sparse), a block "
+                   "device or - (stdout) (like rbd export)")
+    sp.add_argument("name")
+    sp.add_argument("path")
+    sp.add_argument("--no-progress", action="store_true")
+    sp = image_cmd("cp", cmd_cp, "copy an image to a new one, sparse (like rbd cp)")
+    sp.add_argument("name")
+    sp.add_argument("dest")
+    sp.add_argument("--no-progress", action="store_true")
+    sp = image_cmd("mv", cmd_mv, "rename an image (like rbd mv)")
+    sp.add_argument("name")
+    sp.add_argument("new_name")
+    sp = image_cmd("info", cmd_info, "show an image")
+    sp.add_argument("name")
+    sp.add_argument("--format", choices=["plain", "json"], default="plain")
+    sp = image_cmd("resize", cmd_resize, "grow or shrink an image")
+    sp.add_argument("name")
+    sp.add_argument("--size", type=parse_size, required=True)
+    sp.add_argument("--allow-shrink", action="store_true")
+    sp = image_cmd("lock", cmd_lock, "show (ls) or break the image's exclusive lock "
+                   "(like rbd lock ls / rm)")
+    sp.add_argument("action", choices=["ls", "break"])
+    sp.add_argument("name")
+    sp = image_cmd("rm", cmd_rm, "remove an image and its data")
+    sp.add_argument("name")
+    sp = image_cmd("du", cmd_du, "provisioned and used space")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--bytes", action="store_true", help="exact byte counts")
+    # values are checked by cmd_bench, not argparse, so every bad one is a one-line error
+    sp = image_cmd("bench", cmd_bench, "benchmark an image through the client library "
+                   "(like rbd bench)")
+    sp.add_argument("name")
+    sp.add_argument("--io-type", help="read, write or readwrite (required)")
+    sp.add_argument("--io-size", default="4K", help="bytes per op (default 4K)")
+    sp.add_argument("--io-threads", default="16", help="ops in flight (default 16)")
+    sp.add_argument("--io-total", default="1G", help="bytes to move in all (default 1G)")
+    sp.add_argument("--io-pattern", default="seq", help="seq or rand (default seq)")
+    sp.add_argument("--rw-mix-read", default="50",
+                    help="percent of reads, for readwrite (default 50)")
+    sp.add_argument("--format", default="plain", help="plain or json")
+    sp.add_argument("--no-progress", action="store_true", help="no progress on stderr")

@@ -13,6 +13,7 @@ from rbdpy.cli.common import (
     _cfg,
     _rados,
     human,
+    parse_size,
 )
 from rbdpy.rbd import api as rbdapi
 
@@ -183,3 +184,29 @@ def _wait_serving(proc, host: str, port: int, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise UserError(f"nbdkit did not listen on {host}:{port} within {timeout:g}s")
         time.sleep(0.05)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``serve`` and ``up`` verbs."""
+    sv = sub.add_parser("serve", help="serve an image over NBD with nbdkit")
+    sv.add_argument("name")
+    sv.add_argument("--port", type=int, default=10809)
+    sv.add_argument("--bind", default="127.0.0.1")
+    sv.add_argument("--socket", help="unix socket path instead of TCP")
+    sv.add_argument("--readonly", action="store_true")
+    sv.add_argument("--write-through", action="store_true",
+                    help="writes wait for the OSD's ack (default: write-back; flush or FUA "
+                         "makes data durable either way)")
+    sv.add_argument("--foreground", action="store_true")
+    sv.add_argument("--pidfile")
+    sv.set_defaults(fn=cmd_serve)
+
+    u = sub.add_parser("up", help="local cluster + image disk0 + NBD server (foreground)")
+    u.add_argument("--data", default=None, help="data directory (default ./rbdpy-data)")
+    u.add_argument("--name", default="disk0")
+    u.add_argument("--size", type=parse_size, default=10 << 30)
+    u.add_argument("--osds", type=int, default=1)
+    u.add_argument("--port", type=int, default=10809)
+    u.add_argument("--bind", default="127.0.0.1")
+    u.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    u.set_defaults(fn=cmd_up)
