@@ -334,6 +334,7 @@ class Connection:
             return []
         mv = data if isinstance(data, memoryview) else memoryview(data)
         pos, n = 0, len(mv)
+        on_section = self._ON_SECTION  # each state's handler of its whole section
         try:
             while pos < n and not self.faulted:
                 st = self._state
@@ -350,7 +351,7 @@ class Connection:
                 want = self._want
                 if self._have == 0 and n - pos >= want:
                     # the whole section is in the staging buffer: parse it in place
-                    self._section(mv[pos : pos + want])
+                    on_section[st](self, mv[pos : pos + want])
                     pos += want
                     continue
                 take = min(want - self._have, n - pos)
@@ -361,7 +362,7 @@ class Connection:
                 pos += take
                 if self._have == want:
                     self._have = 0
-                    self._section(memoryview(self._buf)[:want])
+                    on_section[st](self, memoryview(self._buf)[:want])
         except ProtocolError as e:
             log.warning("protocol error from %s: %s", self.peer, e)
             self._fault(str(e))
@@ -421,10 +422,6 @@ class Connection:
 
     def _expect(self, state: RecvState, want: int) -> None:
         self._state, self._want = state, want
-
-    def _section(self, buf: memoryview) -> None:
-        """A whole section of the current state arrived: hand it to that state's handler."""
-        self._ON_SECTION[self._state](self, buf)
 
     # -- handshake ----------------------------------------------------------------------
 

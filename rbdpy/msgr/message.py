@@ -129,6 +129,8 @@ def encode_footer(msg: Message, with_crc: bool = True) -> bytes:
     if not with_crc:
         return FOOTER.pack(0, 0, 0, FOOTER_COMPLETE | FOOTER_NOCRC)
     return FOOTER.pack(
-        crc32c(msg.front), crc32c(msg.middle), crc32c_segments(msg.data_segments()),
+        crc32c(msg.front),
+        crc32c(msg.middle) if msg.middle else 0,  # the crc of nothing: 0, and no call
+        crc32c_segments(msg.data_segments()),
         FOOTER_COMPLETE,
     )
