@@ -17,15 +17,15 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rbdpy.maps.osdmap import OSDInfo, OSDMap, PoolInfo
+from rbdpy.maps.osdmap import OSDInfo, OSDMap, PGMapping, PoolInfo, _h64
 
 SIGMAS = 5
 
 
-def make(n_osds: int, down: set[int], size: int, pg_num: int = 32,
+def make(n_osds: int, out: set[int], size: int, pg_num: int = 32,
          weights: dict[int, float] | None = None) -> OSDMap:
     w = weights or {}
-    return OSDMap(osds={i: OSDInfo(i, "127.0.0.1", 6800 + i, up=i not in down,
+    return OSDMap(osds={i: OSDInfo(i, "127.0.0.1", 6800 + i, in_=i not in out,
                                    weight=w.get(i, 1.0))
                         for i in range(n_osds)},
                   pools={1: PoolInfo(1, "rbd", size=size, pg_num=pg_num)})
@@ -58,12 +58,12 @@ def test_one_osd_more_or_less_moves_only_the_pgs_that_hold_it(n: int, size: int,
                                                               data: st.DataObject) -> None:
     weights = data.draw(st.dictionaries(st.integers(0, n - 1),
                                         st.sampled_from([0.5, 1.0, 2.0, 3.0])))
-    down = data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))
-    x = data.draw(st.sampled_from(sorted(set(range(n)) - down)))
-    m = make(n, down, size, pg_num=64, weights=weights)
+    out = data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))
+    x = data.draw(st.sampled_from(sorted(set(range(n)) - out)))
+    m = make(n, out, size, pg_num=64, weights=weights)
     before = placements(m)
     for how in ("down", "out", "weight 0", "removed"):
-        m2 = make(n, down, size, pg_num=64, weights=weights)
+        m2 = make(n, out, size, pg_num=64, weights=weights)
         if how == "down":
             m2.osds[x].up = False
         elif how == "out":
@@ -146,14 +146,80 @@ def count(acting_sets: list[list[int]], n: int) -> list[int]:
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 6), st.sets(st.integers(0, 5)), st.integers(1, 3),
        st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=30))
-def test_memoized_target_is_the_computed_one(n: int, down: set[int], size: int,
+def test_memoized_target_is_the_computed_one(n: int, out: set[int], size: int,
                                              names: list[str]) -> None:
-    m = make(n, down, size)
+    m = make(n, out, size)
     for name in names + names:  # the second pass is served from the memo
         pg, acting = m.object_target(1, name)
         assert pg == m.object_pg(1, name)
         assert acting == m.pg_acting(1, pg)
-        assert all(i not in down for i in acting) and len(acting) <= size
+        assert all(i not in out for i in acting) and len(acting) <= size
         acting.append(99)  # callers may edit what they got without touching the memo
-    fresh = make(n, down, size)
+    fresh = make(n, out, size)
     assert [m.object_target(1, x) for x in names] == [fresh.object_target(1, x) for x in names]
+
+
+# -- up and acting sets (Ceph's _pg_to_up_acting_osds) ------------------------------------------
+
+
+def pre_epoch_acting(m: OSDMap, pool: int, pg: int) -> list[int]:
+    """Placement as it was before maps had epochs: the best draws among up+in OSDs."""
+    draws = []
+    for osd in m.osds.values():
+        if osd.up and osd.in_ and osd.weight > 0:
+            u = (_h64("pg", pool, pg, osd.id) + 1) / 2.0**64
+            draws.append((math.log(u) / osd.weight, osd.id))
+    draws.sort(reverse=True)
+    return [i for _, i in draws[:m.pools[pool].size]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 10), st.integers(1, 4), st.data())
+def test_placement_with_every_osd_up_is_what_it_was(n: int, size: int,
+                                                    data: st.DataObject) -> None:
+    """Maps from before epochs never had a down OSD: for them nothing moves."""
+    weights = data.draw(st.dictionaries(st.integers(0, n - 1), st.sampled_from([0, 0.5, 2.0])))
+    out = data.draw(st.sets(st.integers(0, n - 1)))
+    m = make(n, out, size, pg_num=64, weights=weights)
+    for pg in range(64):
+        assert m.pg_acting(1, pg) == pre_epoch_acting(m, 1, pg) == m.pg_up(1, pg)
+        assert m.pg_raw(1, pg) == m.pg_acting(1, pg)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 10), st.integers(1, 4), st.data())
+def test_a_down_osd_leaves_a_hole_and_an_out_osd_is_replaced(n: int, size: int,
+                                                             data: st.DataObject) -> None:
+    """Down: the PG's up set loses the OSD and nobody takes its place (a short outage moves
+    no data). Out: the next draw takes its place."""
+    x = data.draw(st.integers(0, n - 1))
+    m = make(n, set(), size, pg_num=64)
+    down = make(n, set(), size, pg_num=64)
+    down.osds[x].up = False
+    out = make(n, {x}, size, pg_num=64)
+    for pg in range(64):
+        before = m.pg_up(1, pg)
+        assert down.pg_raw(1, pg) == before
+        assert down.pg_up(1, pg) == [o for o in before if o != x] == down.pg_acting(1, pg)
+        assert out.pg_up(1, pg) == pre_epoch_acting(down, 1, pg)
+        mapping = down.pg_mapping(1, pg)
+        assert mapping.primary == (mapping.acting[0] if mapping.acting else None)
+
+
+def test_pg_temp_overrides_acting_without_its_down_osds() -> None:
+    m = make(4, set(), 2, pg_num=8)
+    up = m.pg_up(1, 3)
+    other = next(o for o in range(4) if o not in up)
+    m.pg_temp[(1, 3)] = (other, up[0])
+    got = m.pg_mapping(1, 3)
+    assert got.up == tuple(up) and got.up_primary == up[0]
+    assert got.acting == (other, up[0]) and got.primary == other
+    assert m.pg_acting(1, 4) == m.pg_up(1, 4)  # other PGs: acting = up
+    m.osds[other].up = False
+    assert m.pg_mapping(1, 3).acting == (up[0],)
+    m.osds[up[0]].up = False  # every pg_temp member down: acting falls back to up
+    assert m.pg_mapping(1, 3).acting == tuple(m.pg_up(1, 3)) == (up[1],)
+    for o in m.osds.values():
+        o.up = False
+    assert m.pg_mapping(1, 3) == PGMapping((), ())
+    assert m.pg_mapping(1, 3).primary is None and m.object_target(1, "x")[1] == []
