@@ -31,32 +31,51 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """``rbd import``: a raw file, block device or ``-`` (stdin) into a new image, sparse
     (zero blocks are not written); the image is durable when this returns 0. A failed or
-    interrupted import removes the partial image."""
+    interrupted import removes the partial image, whenever the interrupt comes (see
+    ``rbdpy.cli.interrupts``); one that comes once the image is complete is ignored."""
     import os
+    import stat
 
-    from rbdpy.rbd import transfer
+    from rbdpy.cli.interrupts import Interrupts
 
-    order = _order(args.object_size)
-    name = args.name or os.path.basename(args.path.rstrip("/"))
-    if args.path == "-":
-        fd, closefd = sys.stdin.fileno(), False
-        if not args.name:
-            raise UserError("importing from stdin needs an image name")
-    else:
-        try:
-            fd, closefd = os.open(args.path, os.O_RDONLY | os.O_CLOEXEC), True
-        except OSError as e:
-            raise UserError(f"cannot open {args.path}: {e.strerror}") from None
+    intr = Interrupts.install()  # first: an interrupt from here on ends with one line
+    what = f"import of {args.path}"
+    created = False
     try:
-        size = transfer.source_size(fd)
-        progress = _progress_meter("Importing image", not args.no_progress)
-        with _rados(args) as r:
-            rbdapi.create_image(r, name, size or 0, order=order)
-            _fill_new_image(r, name, f"import of {args.path}",
-                            lambda img: transfer.import_into(img, fd, size, progress))
+        from rbdpy.rbd import transfer
+
+        order = _order(args.object_size)
+        name = args.name or os.path.basename(args.path.rstrip("/"))
+        if args.path == "-":
+            fd, closefd = sys.stdin.fileno(), False
+            if not args.name:
+                raise UserError("importing from stdin needs an image name")
+        else:
+            try:
+                fd, closefd = os.open(args.path, os.O_RDONLY | os.O_CLOEXEC), True
+            except OSError as e:
+                raise UserError(f"cannot open {args.path}: {e.strerror}") from None
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):  # before an image exists: nothing to undo
+                raise UserError(f"cannot import {args.path}: it is a directory")
+            size = transfer.source_size(fd)
+            progress = _progress_meter("Importing image", not args.no_progress)
+            with _rados(args) as r:
+                intr.defer()  # from the create on, the image must go if we do not finish
+                rbdapi.create_image(r, name, size or 0, order=order)
+                created = True
+                _fill_new_image(r, name, what, lambda img: transfer.import_into(
+                    img, fd, size, intr.checking(progress)), intr)
+        finally:
+            if closefd:
+                os.close(fd)
+    except KeyboardInterrupt:
+        if not created:  # else _fill_new_image said what became of the image
+            print(f"{_line_start()}rbdpy: {what} interrupted; no image was created",
+                  file=sys.stderr)
+        raise
     finally:
-        if closefd:
-            os.close(fd)
+        intr.finish()  # said how it ended: a later signal changes nothing
     _done_meter("Importing image", progress)
     return 0
 
@@ -64,42 +83,66 @@ def cmd_import(args: argparse.Namespace) -> int:
 DROP_TIMEOUT = 30.0
 
 
-def _fill_new_image(r, name: str, what: str, fill) -> None:
+def _fill_new_image(r, name: str, what: str, fill, intr=None) -> None:
     """Open the image ``name`` just created and ``fill(img)`` it, then close it; if that
-    fails (one line) or is interrupted (Ctrl-C), remove the partial image."""
+    fails (one line) or is interrupted (Ctrl-C), remove the partial image.
+
+    With ``intr`` (an ``Interrupts`` deferring since before the image was created), an
+    interrupt at any moment until ``fill`` returns removes the image: it raises inside
+    ``fill`` between client calls, and is acted on at the next safe point otherwise; one
+    after that is ignored (the image is complete). The removal runs with interrupts
+    deferred either way, so a second Ctrl-C cannot cut it short."""
+    from contextlib import nullcontext
+
     from rbdpy.client.objecter import OSDError
     from rbdpy.rbd.image import ImageError
 
     img = None
     try:
+        if intr is not None:
+            intr.check()  # came while the image was being created
         img = rbdapi.open_image(r, name)
-        fill(img)
+        with intr.outside_client() if intr is not None else nullcontext():
+            fill(img)
+        if intr is not None:
+            intr.check()  # came during fill's last client call (its flush)
         img.close()
     except (OSError, OSDError, ImageError) as e:
-        raise UserError(f"{what} failed: {e}; {_drop_partial(r, img, name)}") from None
+        raise UserError(f"{what} failed: {e}; {_drop_partial(r, img, name, intr)}") from None
     except KeyboardInterrupt:
-        print(f"\nrbdpy: {what} interrupted; {_drop_partial(r, img, name)}",
+        print(f"{_line_start()}rbdpy: {what} interrupted; {_drop_partial(r, img, name, intr)}",
               file=sys.stderr)
         raise
 
 
-def _drop_partial(r, img, name: str) -> str:
-    """Remove what a failed import (or copy) left; says what happened, for the error line."""
+def _line_start() -> str:
+    """What starts a message line on stderr: on a terminal, erase the progress line."""
+    return "\r\x1b[K" if sys.stderr.isatty() else ""
+
+
+def _drop_partial(r, img, name: str, intr=None) -> str:
+    """Remove what a failed import (or copy) left, with interrupts deferred (a second Ctrl-C
+    must not cut the removal short); says what happened, for the error line."""
     import trio
 
+    from rbdpy.cli.interrupts import deferred
     from rbdpy.rbd import image as rbdimage
 
     async def remove() -> None:
         with trio.fail_after(DROP_TIMEOUT):  # the cluster may be what failed
             await rbdimage.remove_image(r.objecter, r.pool, name,
                                         lease=r.options.lock_lease)
-    try:
-        if img is not None:
-            img.close()
-        r.run(remove)
-        return f"removed the partial image {name}"
-    except Exception as e:  # reported, the original error matters more
-        return f"could not remove the partial image {name} ({e}): 'rbdpy rm {name}'"
+    with deferred(intr):
+        try:
+            if img is not None:
+                try:
+                    img.close()
+                except Exception:  # our lock: remove_image takes it back or says why
+                    pass
+            r.run(remove)
+            return f"removed the partial image {name}"
+        except Exception as e:  # reported, the original error matters more
+            return f"could not remove the partial image {name} ({e}): 'rbdpy rm {name}'"
 
 
 @_image_errors
