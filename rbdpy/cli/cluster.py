@@ -21,13 +21,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         data = path.parent
         cfg = localcluster.init(data, osds=args.osds)
         try:
-            localcluster.up(cfg)
+            started = localcluster.up(cfg)
         except localcluster.ClusterError as e:
             raise UserError(str(e)) from None
-        print(f"cluster up: {len(cfg.osdmap.osds)} OSD(s), cluster file {cfg.path}")
+        print(f"cluster up: {len(cfg.osdmap.osds)} OSD(s) ({len(started)} started), "
+              f"cluster file {cfg.path}")
         return 0
     cfg = _cfg(args)
     if args.action == "down":
+        _stop_servers_first(cfg, args.force)
         stopped = localcluster.down(cfg)
         print(f"cluster down: stopped {len(stopped)} OSD(s)")
         return 0
@@ -36,6 +38,25 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         state = "up" if pid and answering else ("starting" if pid else "down")
         print(f"osd.{osd_id}  {addr:<22} {state:<8} pid {pid or '-'}")
     return 0 if all(p and a for _i, _a, p, a in rows) else 3
+
+
+def _stop_servers_first(cfg, force: bool) -> None:
+    """NBD servers of this cluster (``serve ls``) would lose their OSDs under their
+    clients' feet: ``down`` refuses while they run, and ``--force`` stops them first
+    (each flushes on the way out), then the OSDs."""
+    from rbdpy import servers
+    from rbdpy.cli.serve import NBDKIT_STOP_TIMEOUT, stop_servers
+
+    running = servers.live(cfg.dir)
+    if not running:
+        return
+    if not force:
+        raise UserError("NBD servers of this cluster are running: "
+                        + ", ".join(s.describe() for s in running)
+                        + "; stop them first ('rbdpy serve stop --all') or use "
+                          "'rbdpy cluster down --force'")
+    if not stop_servers(running, NBDKIT_STOP_TIMEOUT):
+        raise UserError("a server did not stop: the OSDs keep running")
 
 
 def cmd_osd(args: argparse.Namespace) -> int:
@@ -63,9 +84,10 @@ def cmd_osd(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``osd`` and ``cluster`` verbs."""
     o = sub.add_parser("osd", help="run an OSD daemon in the foreground")
-    o.add_argument("--id", type=int, required=True)
+    o.add_argument("--id", type=int, required=True, help="the OSD's id in the cluster map")
     o.add_argument("--data", required=True, help="the OSD's data directory")
-    o.add_argument("--listen", type=_hostport, default=("127.0.0.1", 6800))
+    o.add_argument("--listen", type=_hostport, default=("127.0.0.1", 6800), metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:6800)")
     o.add_argument("--no-aio", action="store_true", help="sync group commits in a worker "
                    "thread, not through Linux AIO (also: RBDPY_OSD_NO_AIO=1)")
     o.add_argument("--commit-delay", type=float, metavar="SECONDS",
@@ -73,8 +95,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(also: RBDPY_OSD_COMMIT_DELAY; default 0)")
     o.set_defaults(fn=cmd_osd)
 
-    c = sub.add_parser("cluster", help="local cluster control")
-    c.add_argument("action", choices=["up", "down", "status"])
+    c = sub.add_parser("cluster", help="local cluster control",
+                       description="up: start the OSDs that are not running (a pid file "
+                       "whose PID is now another process is stale and replaced); down: stop "
+                       "them, refused while NBD servers of this cluster run unless --force "
+                       "(which stops those first); status: show them.")
+    c.add_argument("action", choices=["up", "down", "status"],
+                   help="up: start the OSDs; down: stop them; status: show them")
     c.add_argument("--data", help="data directory (same as --cluster)")
     c.add_argument("--osds", type=int, default=1, help="OSDs to create on first 'up'")
+    c.add_argument("--force", action="store_true",
+                   help="down: stop this cluster's NBD servers first (each flushes), instead "
+                        "of refusing while they run")
     c.set_defaults(fn=cmd_cluster)
