@@ -56,8 +56,12 @@ class Served:
         self.pidfile = root / "nbdkit.pid"
         if self.owns_cluster:
             rbdpy(self.dir, "cluster", "up")
-        rbdpy(self.dir, "create", name, "--size", size, "--object-size", object_size)
-        self.serve()
+        try:
+            rbdpy(self.dir, "create", name, "--size", size, "--object-size", object_size)
+            self.serve()
+        except BaseException:  # the fixture never gets to stop() what it started
+            self.stop()
+            raise
 
     @property
     def uri(self) -> str:
