@@ -112,7 +112,7 @@ def _change(i: int, ch: OsdChange) -> bytes:
 
 def encode_map(m: OSDMap) -> bytes:
     try:
-        parts = [_HEAD.pack(MAP_MAGIC, VERSION), _MAPHEAD.pack(m.epoch, m.next_osd_id),
+        parts = [_HEAD.pack(MAP_MAGIC, VERSION), _MAPHEAD.pack(m.epoch, m.max_osd),
                  _U32.pack(len(m.osds))]
         parts += [_osd(m.osds[i]) for i in sorted(m.osds)]
         parts.append(_U32.pack(len(m.pools)))
@@ -295,8 +295,6 @@ def decode_map(buf: bytes | bytearray | memoryview) -> OSDMap:
         if not members:
             raise r.fail(f"pg_temp {key} empty")
     r.end()
-    if max_osd < max(osds, default=-1) + 1:
-        raise r.fail(f"max_osd {max_osd} below an OSD id")
     return OSDMap(epoch, osds, pools, temps, max_osd)
 
 

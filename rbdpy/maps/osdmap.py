@@ -125,7 +125,8 @@ class OSDMap:
     pools: dict[int, PoolInfo] = field(default_factory=dict)
     # (pool, pg) -> the acting set a primary asked for while up members are backfilled
     pg_temp: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
-    max_osd: int = 0  # ids below it are or were taken: a new OSD gets a fresh id
+    max_osd: int = 0  # ids below it were handed out (see next_osd_id); 0 in maps made
+    #                   by hand, which is why next_osd_id also looks at the ids present
     _targets: dict[tuple[int, str], tuple[int, tuple[int, ...]]] = field(
         default_factory=dict, repr=False, compare=False)
 

@@ -83,7 +83,6 @@ def patched(at: int, fmt: str, value: object) -> bytes:
     (b"OMAP\x02" + one_osd_map()[5:], "version 2 is not understood"),
     (one_osd_map() + b"\x00", "1 bytes left over"),
     (patched(4 + 1, "<I", 0), "epoch 0 out of range"),
-    (patched(4 + 1 + 4, "<I", 0), "max_osd 0 below an OSD id"),
     (patched(OSD_AT - 4, "<I", 10**6), "items cannot fit"),
     (patched(OSD_FIXED + 2 + 8, "<B", 8), "unknown flags"),
     (patched(OSD_FIXED + 2 + 8 + 1, "<d", float("nan")), "finite number"),
