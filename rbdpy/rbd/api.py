@@ -27,9 +27,11 @@ from rbdpy.rbd import image as rbdimage
 from rbdpy.rbd import lock as rbdlock
 
 
-def create_image(rados: Rados, name: str, size: int, *, order: int = 22) -> str:
-    return rados.run(lambda: rbdimage.create_image(rados.objecter, rados.pool, name, size,
-                                                   order=order))
+def create_image(rados: Rados, name: str, size: int, *, order: int = 22,
+                 stripe_unit: int = 0, stripe_count: int = 1) -> str:
+    return rados.run(lambda: rbdimage.create_image(
+        rados.objecter, rados.pool, name, size, order=order, stripe_unit=stripe_unit,
+        stripe_count=stripe_count))
 
 
 def list_images(rados: Rados) -> dict[str, str]:
