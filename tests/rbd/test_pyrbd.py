@@ -78,15 +78,15 @@ def test_a_python_rbd_script_runs_unchanged_but_for_its_imports(data: Path) -> N
         cluster.shutdown()
 
     # context managers all the way, as scripts written for Ceph's newer docs do
-    with rados.Rados(conffile=str(data / "cluster.toml")) as cluster:
-        with cluster.open_ioctx("rbd") as ioctx:
-            with rbd.Image(ioctx, "myimage", read_only=True) as image:
-                assert image.read(0, 4) == b"back"
-                assert image.read(2 * size - 4, 4) == b"tail"
-            rbd.RBD().rename(ioctx, "myimage", "renamed")
-            assert [i["name"] for i in rbd.RBD().list2(ioctx)] == ["renamed"]
-            rbd.RBD().remove(ioctx, "renamed")
-            assert rbd.RBD().list(ioctx) == []
+    with rados.Rados(conffile=str(data / "cluster.toml")) as cluster, \
+            cluster.open_ioctx("rbd") as ioctx:
+        with rbd.Image(ioctx, "myimage", read_only=True) as image:
+            assert image.read(0, 4) == b"back"
+            assert image.read(2 * size - 4, 4) == b"tail"
+        rbd.RBD().rename(ioctx, "myimage", "renamed")
+        assert [i["name"] for i in rbd.RBD().list2(ioctx)] == ["renamed"]
+        rbd.RBD().remove(ioctx, "renamed")
+        assert rbd.RBD().list(ioctx) == []
 
 
 def test_striping_as_python_rbd_asks_for_it(data: Path) -> None:
