@@ -16,12 +16,14 @@ WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.5)
 
 
 def gen_incremental(rnd: random.Random, m: OSDMap) -> Incremental:
-    """An incremental that ``m.apply`` accepts (often several changes, sometimes none)."""
+    """An incremental that ``m.apply`` accepts (often several changes, sometimes none); a
+    function of ``rnd``'s state and ``m``'s value (dicts are walked in key order, since a
+    decoded map's order differs from an applied one's)."""
     e = m.epoch + 1
     new_osds = tuple(range(m.next_osd_id, m.next_osd_id + rnd.choice((0, 0, 0, 1, 2))))
     changes: dict[int, OsdChange] = {}
     booted: set[int] = set()
-    for i in [*m.osds, *new_osds]:
+    for i in [*sorted(m.osds), *new_osds]:  # sorted: a function of the map's value
         if rnd.random() < 0.6:
             continue
         cur = m.osds.get(i)
@@ -42,7 +44,7 @@ def gen_incremental(rnd: random.Random, m: OSDMap) -> Incremental:
         if cur is not None and rnd.random() < 0.3:
             ch["up_thru"] = rnd.randint(cur.up_thru, e)
         changes[i] = OsdChange(**ch)
-    removable = [i for i, o in m.osds.items()
+    removable = [i for i, o in sorted(m.osds.items())
                  if not o.up and i not in booted and rnd.random() < 0.15]
     removable += [i for i, ch in changes.items() if ch.up is False and rnd.random() < 0.3]
     removed = tuple(sorted(set(removable)))
@@ -52,18 +54,18 @@ def gen_incremental(rnd: random.Random, m: OSDMap) -> Incremental:
         size = rnd.randint(1, 4)
         pools[pid] = PoolInfo(pid, f"pool{pid}", size, rnd.randint(1, size),
                               rnd.choice((1, 8, 32, 64)))
-    for p in m.pools.values():
+    for _, p in sorted(m.pools.items()):
         if rnd.random() < 0.1:
             size = rnd.randint(1, 4)
             pools[p.id] = PoolInfo(p.id, p.name, size, rnd.randint(1, size), p.pg_num)
     temps: dict[tuple[int, int], tuple[int, ...]] = {}
     remaining = sorted((set(m.osds) | set(new_osds)) - set(removed))
-    for key in m.pg_temp:
+    for key in sorted(m.pg_temp):
         if rnd.random() < 0.3:
             temps[key] = ()
     if m.pools and remaining:
         for _ in range(rnd.choice((0, 0, 1, 3))):
-            p = rnd.choice(list(m.pools.values()))
+            p = m.pools[rnd.choice(sorted(m.pools))]
             members = rnd.sample(remaining, rnd.randint(1, min(len(remaining), 4)))
             temps[(p.id, rnd.randrange(p.pg_num))] = tuple(members)
     return Incremental(e, new_osds, changes, removed, pools, temps)
