@@ -20,8 +20,9 @@ from rbdpy.rbd import image as rbdimage
 POOL = 1
 
 
-def _map(epoch: int, ports: list[int], down: set[int] = frozenset()) -> OSDMap:
-    osds = {i: OSDInfo(i, "127.0.0.1", p, up=i not in down) for i, p in enumerate(ports)}
+def _map(epoch: int, ports: list[int], out: set[int] = frozenset()) -> OSDMap:
+    # out, not down, moves a PG (a down OSD leaves a hole, as in Ceph: rbdpy.maps.osdmap)
+    osds = {i: OSDInfo(i, "127.0.0.1", p, in_=i not in out) for i, p in enumerate(ports)}
     return OSDMap(epoch=epoch, osds=osds, pools={POOL: PoolInfo(POOL, "rbd")})
 
 
@@ -40,7 +41,7 @@ async def test_primary_change_before_commit_resends_the_written_bytes(osd_proces
         with trio.fail_after(60):
             await rbdimage.create_image(obj, POOL, "img", 64 << 20, order=20)
             img = await rbdimage.Image.open(obj, POOL, "img")
-            # an object whose primary is osd.0 now and osd.1 once osd.0 is marked down
+            # an object whose primary is osd.0 now and osd.1 once osd.0 is marked out
             objno = next(n for n in range(64) if obj.osdmap.object_target(
                 POOL, rbdimage.data_oid(img.id, n))[1][0] == 0)
             off = objno << 20
@@ -50,7 +51,7 @@ async def test_primary_change_before_commit_resends_the_written_bytes(osd_proces
             buf[:] = b"B" * len(buf)  # the caller reuses its buffer, as nbdkit does
             for k in range(1, 4):  # more writes meanwhile: none may recycle the first's copy
                 await img.write((60 + k) << 20, memoryview(bytearray(b"C" * size)))
-            obj.update_map(_map(2, ports, down={0}))  # primary moves: resend to osd.1
+            obj.update_map(_map(2, ports, out={0}))  # primary moves: resend to osd.1
             await img.flush()
             assert not obj.uncommitted
             got = bytearray(len(buf))
