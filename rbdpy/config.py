@@ -8,6 +8,7 @@ can be moved or mounted elsewhere (Docker volume) and still work.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,12 +61,23 @@ class ClusterConfig:
 
 
 def locate(explicit: str | None = None) -> Path:
-    """The cluster file path (which may not exist yet)."""
+    """The cluster file path (which may not exist yet): an existing file whatever its name
+    (``--cluster ./mycluster.conf``), a directory's ``cluster.toml``, a ``*.toml`` path to
+    be written, else a data directory to be. Anything else that exists (a socket, a path
+    through a file) is a ConfigError saying so."""
     raw = explicit or os.environ.get("RBDPY_CLUSTER") or DEFAULT_DIR
     p = Path(raw).absolute()
-    if p.is_dir() or p.suffix != ".toml":
-        p = p / FILE_NAME
-    return p
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return p if p.suffix == ".toml" else p / FILE_NAME
+    except OSError as e:  # ENOTDIR: a path through a file; EACCES
+        raise ConfigError(f"cluster path {raw}: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        return p / FILE_NAME
+    if stat.S_ISREG(st.st_mode):
+        return p
+    raise ConfigError(f"cluster path {raw} is neither a cluster file nor a data directory")
 
 
 def load(path: Path) -> ClusterConfig:
@@ -73,8 +85,10 @@ def load(path: Path) -> ClusterConfig:
         doc = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"no cluster file at {path} (run 'rbdpy cluster up' first)") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the cluster file {path}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not a cluster file (TOML): {e}") from None
     m = OSDMap(epoch=int(doc.get("cluster", {}).get("epoch", 1)))
     data: dict[int, Path] = {}
     try:

@@ -11,14 +11,22 @@ import sys
 
 from rbdpy.cli import cluster, images, serve
 from rbdpy.cli.common import UserError
+from rbdpy.config import ConfigError
+
+LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rbdpy", description="RBD-style block devices over NBD")
-    p.add_argument("--cluster", help="cluster file or data directory (default: "
-                   "$RBDPY_CLUSTER, then ./rbdpy-data)")
-    p.add_argument("--log-level", default="warning")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--cluster", metavar="PATH", help="the cluster file (any name) or the "
+                   "data directory holding cluster.toml (default: $RBDPY_CLUSTER, then "
+                   "./rbdpy-data)")
+    p.add_argument("--log-level", type=str.lower, default="warning", choices=LOG_LEVELS,
+                   metavar="LEVEL", help="what the daemons this command runs in the "
+                   f"foreground (osd, up) log to stderr: {', '.join(LOG_LEVELS)} (default "
+                   "warning)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
+                           help="one of these ('rbdpy COMMAND --help' for its options)")
     cluster.add_parsers(sub)
     images.add_parsers(sub)
     serve.add_parsers(sub)
@@ -31,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cluster = args.data
     try:
         return args.fn(args)
-    except UserError as e:
+    except (UserError, ConfigError) as e:  # ConfigError: a verb that reads the file itself
         print(f"rbdpy: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -19,7 +19,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     path = config.locate(args.cluster)
     if args.action == "up":
         data = path.parent
-        cfg = localcluster.init(data, osds=args.osds)
+        # an existing cluster file of any name (--cluster ./mycluster.conf) is the one to start
+        cfg = config.load(path) if path.exists() else localcluster.init(data, osds=args.osds)
         try:
             started = localcluster.up(cfg)
         except localcluster.ClusterError as e:

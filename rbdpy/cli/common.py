@@ -5,7 +5,9 @@ connection, progress meters."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from fractions import Fraction
 
 
 class UserError(Exception):
@@ -19,21 +21,49 @@ def _hostport(s: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+_SHIFTS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50, "E": 60}
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGTPE])(?:I?B?)|(B))?\s*", re.I)
+OBJECT_SIZES = "a power of two from 4K to 32M (4096..33554432 bytes)"
+
+
+def parse_bytes(s: str, default_unit: str = "") -> int:
+    """A byte count as ``rbd`` reads one: ``4096``, ``4096B``, ``512K``, ``4M``, ``10G``
+    (binary units up to E; ``Ki``/``KiB``/``KB`` forms too, any case); a bare number is in
+    ``default_unit`` (``""``: bytes). A fraction is fine if it comes to whole bytes
+    (``1.5G``), refused otherwise (``1.3K`` is 1331.2 bytes): no silent rounding."""
+    m = _SIZE_RE.fullmatch(s or "")
+    if m is None:
+        raise argparse.ArgumentTypeError(f"bad size {s!r} (examples: 10G, 512M, 4096B)")
+    num, unit, byte = m.groups()
+    shift = 0 if byte else _SHIFTS[(unit or default_unit).upper()]
+    val = Fraction(num) * (1 << shift)
+    if val.denominator != 1:
+        raise argparse.ArgumentTypeError(f"bad size {s!r}: not a whole number of bytes "
+                                          f"({float(val):.1f})")
+    return int(val)
 
 
 def parse_size(s: str) -> int:
-    """``10G``, ``4M``, ``512K``, ``4096``, ``1.5G`` (binary units, like rbd)."""
-    t = s.strip().upper().removesuffix("IB").removesuffix("B") if s else ""
-    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
-    num = t[: len(t) - len(unit)] if unit else t
-    try:
-        val = float(num)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad size {s!r} (examples: 10G, 4M, 4096)") from None
-    n = int(val * _UNITS[unit])
-    if n < 0 or val != val:
-        raise argparse.ArgumentTypeError(f"bad size {s!r}")
+    """An image size (``--size``), by ``rbd``'s rules: a bare number is MiB (``--size 100``
+    is 100 MiB), ``B`` marks bytes; whole 512-byte sectors, at most 1 PiB (the image layer
+    holds the same rule, and the lower limit small objects bring)."""
+    from rbdpy.rbd.image import MAX_SIZE, SECTOR
+
+    n = parse_bytes(s, default_unit="M")
+    if n % SECTOR:
+        raise argparse.ArgumentTypeError(f"bad size {s!r}: {n} bytes is not a multiple of "
+                                          f"{SECTOR} (image sizes are whole sectors)")
+    if n > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"bad size {s!r}: over the limit of 1 PiB "
+                                          "(and of 2^28 objects: 1 TiB with 4K objects)")
+    return n
+
+
+def parse_object_size(s: str) -> int:
+    """``--object-size``: bytes when bare (as in ``rbd``), a power of two, 4 KiB..32 MiB."""
+    n = parse_bytes(s)
+    if n < 4096 or n > 32 << 20 or n & (n - 1):
+        raise argparse.ArgumentTypeError(f"bad object size {s!r}: want {OBJECT_SIZES}")
     return n
 
 
@@ -94,10 +124,8 @@ def _image_errors(fn):
 
 
 def _order(object_size: int | None) -> int:
-    order = (object_size.bit_length() - 1) if object_size else 22
-    if object_size and (1 << order) != object_size:
-        raise UserError("--object-size must be a power of two (4K..32M)")
-    return order
+    """The order of a ``parse_object_size`` value (None: rbd's default, 4 MiB objects)."""
+    return 22 if object_size is None else object_size.bit_length() - 1
 
 
 def _progress_meter(verb: str, show: bool):

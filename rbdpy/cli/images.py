@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from rbdpy.cli.common import (
+    OBJECT_SIZES,
     UserError,
     _done_meter,
     _image_errors,
@@ -14,9 +16,12 @@ from rbdpy.cli.common import (
     _progress_meter,
     _rados,
     human,
+    parse_bytes,
+    parse_object_size,
     parse_size,
 )
 from rbdpy.rbd import api as rbdapi
+from rbdpy.rbd.image import ImageError, whole_sectors
 
 
 @_image_errors
@@ -62,7 +67,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             progress = _progress_meter("Importing image", not args.no_progress)
             with _rados(args) as r:
                 intr.defer()  # from the create on, the image must go if we do not finish
-                rbdapi.create_image(r, name, size or 0, order=order)
+                rbdapi.create_image(r, name, whole_sectors(size or 0), order=order)
                 created = True
                 _fill_new_image(r, name, what, lambda img: transfer.import_into(
                     img, fd, size, intr.checking(progress)), intr)
@@ -163,7 +168,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
     progress = _progress_meter("Image copy", not args.no_progress)
     with _rados(args) as r:
         src = rbdapi.open_image(r, args.name, read_only=True)  # read-only: works next to a server
-        rbdapi.create_image(r, args.dest, src.size, order=src.info.order)
+        # whole sectors: an image made before sizes had to be is copied with zeros after it
+        rbdapi.create_image(r, args.dest, whole_sectors(src.size), order=src.info.order)
         _fill_new_image(r, args.dest, f"copy to {args.dest}",
                         lambda dst: transfer.copy_image(src, dst, progress))
     _done_meter("Image copy", progress)
@@ -172,9 +178,10 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 @_image_errors
 def cmd_export(args: argparse.Namespace) -> int:
-    """``rbd export``: an image to a new raw file (sparse), a block device, or ``-``
-    (stdout, every byte). An existing regular file is not overwritten; a failed or
-    interrupted export deletes the file it created."""
+    """``rbd export``: an image to a new raw file (sparse), an existing block or character
+    device (``/dev/null`` included) or ``-`` (stdout): every byte, in order. An existing
+    regular file is not overwritten; a failed or interrupted export deletes the file it
+    created."""
     import os
     import stat
 
@@ -191,7 +198,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             pass
         except OSError as e:
             raise UserError(f"cannot use {args.path}: {e.strerror}") from None
-        if st is not None and not stat.S_ISBLK(st.st_mode):
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{args.path} is a directory (export to a file name)")
+        if st is not None and stat.S_ISREG(st.st_mode):
             raise UserError(f"{args.path} exists (remove it first, or export to a new name)")
     progress = _progress_meter("Exporting image", not args.no_progress)
     with _rados(args) as r:
@@ -203,12 +212,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             try:
                 fd = os.open(args.path, flags, 0o644)
             except OSError as e:
-                raise UserError(f"cannot create {args.path}: {e.strerror}") from None
+                verb = "open" if st else "create"
+                raise UserError(f"cannot {verb} {args.path}: {e.strerror}") from None
             created = st is None
         ok = False
         try:
             transfer.export_from(img, fd, progress)
             ok = True
+        except BrokenPipeError:
+            raise  # the reader went away (export vm - | head): main exits quietly
         except OSError as e:
             raise UserError(f"export to {args.path} failed: {e}") from None
         finally:
@@ -222,10 +234,52 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @_image_errors
 def cmd_ls(args: argparse.Namespace) -> int:
+    """``rbd ls [-l] [--format json]``: names, or with ``-l`` a table of size, object size
+    and lock holder (an image removed meanwhile is left out, as ``rbd ls -l`` does)."""
+    import json
+
     with _rados(args) as r:
-        for name in sorted(rbdapi.list_images(r)):
-            print(name)
+        names = sorted(rbdapi.list_images(r))
+        if not args.long:
+            print(json.dumps(names) if args.format == "json" else "\n".join(names),
+                  end="\n" if names or args.format == "json" else "")
+            return 0
+        rows = []
+        for name in names:
+            try:
+                info = rbdapi.open_image(r, name, read_only=True).info
+                holder = rbdapi.lock_holder(r, name)
+            except ImageError as e:
+                if e.errno == errno.ENOENT:
+                    continue
+                raise
+            rows.append((info, holder))
+    if args.format == "json":
+        out = []
+        for info, h in rows:
+            row = {"image": info.name, "id": info.id, "size": info.size,
+                   "object_size": info.object_size, "order": info.order, "format": 2}
+            if h is not None:
+                row |= {"lock_type": "exclusive", "locker": h.owner}
+            out.append(row)
+        print(json.dumps(out))
+        return 0
+    table = [("NAME", "SIZE", "OBJECT SIZE", "FMT", "LOCK")]
+    table += [(info.name, human(info.size), human(info.object_size), "2",
+               f"excl {h.describe()}" if h else "") for info, h in rows]
+    if rows:
+        _print_table(table, right=(1, 2, 3))
     return 0
+
+
+def _print_table(rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> None:
+    """Columns as wide as their widest cell, two spaces apart (``rbd``'s TextTable); the
+    columns in ``right`` are right-aligned, the last one is not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells).rstrip())
 
 
 @_image_errors
@@ -250,21 +304,40 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lease(h, now: float) -> str:
+    """What a holder's lease says: left, or (run out without a renewal) what that means."""
+    if not h.expires:
+        return ""
+    left = h.expires - now
+    if left >= 0:
+        return f", lease ends in {left:.0f} s"
+    return (f", lease expired {-left:.0f} s ago: the holder is presumed dead, the next "
+            "writer to open the image breaks the lock and takes over")
+
+
 @_image_errors
 def cmd_lock(args: argparse.Namespace) -> int:
+    """``rbd lock ls`` (with ``--format json``: a list of lockers) and ``lock break``."""
+    import json
     import time
 
     with _rados(args) as r:
         verb = rbdapi.break_lock if args.action == "break" else rbdapi.lock_holder
         h = verb(r, args.name)
+    if args.action == "ls" and args.format == "json":
+        now = time.time()
+        print(json.dumps([] if h is None else [{
+            "id": h.cookie, "locker": h.owner, "address": h.host, "pid": h.pid,
+            "lease_expires": h.expires or None,
+            "lease_expired": bool(h.expires) and h.expires < now}]))
+        return 0
     if h is None:
         print(f"image {args.name} is not locked")
         return 0 if args.action == "ls" else 1
     if args.action == "break":
         print(f"broke the lock of {h.describe()}: fenced, the OSDs refuse its requests")
         return 0
-    left = f", lease ends in {h.expires - time.time():.0f} s" if h.expires else ""
-    print(f"locked by {h.describe()}{left} (cookie {h.cookie})")
+    print(f"locked by {h.describe()}{_lease(h, time.time())} (cookie {h.cookie})")
     return 0
 
 
@@ -294,16 +367,37 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 @_image_errors
 def cmd_du(args: argparse.Namespace) -> int:
+    """``rbd du``: provisioned and used bytes per image, a <TOTAL> row for more than one,
+    or ``--format json`` shaped like rbd's. Everything is gathered before anything is
+    printed, so an error (no such image) is the only output."""
+    import json
+
+    rows = []
     with _rados(args) as r:
         names = [args.name] if args.name else sorted(rbdapi.list_images(r))
-        print(f"{'NAME':<24} {'PROVISIONED':>12} {'USED':>12}")
         for name in names:
-            img = rbdapi.open_image(r, name, read_only=True)
-            used = img.du()
-            if args.bytes:
-                print(f"{name:<24} {img.size:>12} {used:>12}")
-            else:
-                print(f"{name:<24} {human(img.size):>12} {human(used):>12}")
+            try:
+                img = rbdapi.open_image(r, name, read_only=True)
+            except ImageError as e:
+                if e.errno == errno.ENOENT and not args.name:
+                    continue  # removed since the listing, as rbd du skips it
+                raise
+            rows.append((name, img.info.id, img.size, img.du()))
+    total_prov, total_used = sum(row[2] for row in rows), sum(row[3] for row in rows)
+    if args.format == "json":
+        out: dict = {"images": [{"name": n, "id": i, "provisioned_size": p, "used_size": u}
+                                for n, i, p, u in rows]}
+        if not args.name:
+            out |= {"total_provisioned_size": total_prov, "total_used_size": total_used}
+        print(json.dumps(out))
+        return 0
+    fmt = str if args.bytes else human
+    table = [("NAME", "PROVISIONED", "USED")]
+    table += [(n, fmt(p), fmt(u)) for n, _i, p, u in rows]
+    if len(rows) > 1:
+        table.append(("<TOTAL>", fmt(total_prov), fmt(total_used)))
+    if rows:
+        _print_table(table, right=(1, 2))
     return 0
 
 
@@ -320,7 +414,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     def size(opt: str, value: str) -> int:
         try:
-            return parse_size(value)
+            return parse_bytes(value)
         except argparse.ArgumentTypeError as e:
             raise UserError(f"{opt}: {e}") from None
 
@@ -377,54 +471,81 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The image verbs."""
     def image_cmd(name: str, fn, helptext: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+        sp = sub.add_parser(name, help=helptext, description=helptext)
+        sp.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="give up if the cluster does not answer within this long "
+                        "(default 10)")
         sp.set_defaults(fn=fn)
         return sp
 
+    def image(sp: argparse.ArgumentParser, what: str = "the image") -> None:
+        sp.add_argument("name", help=f"{what}'s name")
+
+    def fmt(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--format", choices=["plain", "json"], default="plain",
+                        help=f"plain text, or json ({what})")
+
+    def no_progress(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--no-progress", action="store_true",
+                        help="no progress meter on stderr (there is none off a terminal)")
+
+    size_help = ("new size: a bare number is MiB (as in rbd), or give a unit: 4096B, 512K, "
+                 "10G, 1T (powers of 1024); a multiple of 512 bytes, at most 1 PiB")
+    object_size_help = (f"object size, bytes unless a unit is given: {OBJECT_SIZES}; "
+                        "default 4M")
+
     sp = image_cmd("create", cmd_create, "create a thin image")
-    sp.add_argument("name")
-    sp.add_argument("--size", type=parse_size, required=True)
-    sp.add_argument("--object-size", type=parse_size, default=None)
-    image_cmd("ls", cmd_ls, "list images")
+    image(sp, "the new image")
+    sp.add_argument("--size", type=parse_size, required=True, help=size_help)
+    sp.add_argument("--object-size", type=parse_object_size, default=None, metavar="SIZE",
+                    help=object_size_help)
+    sp = image_cmd("ls", cmd_ls, "list images (like rbd ls)")
+    sp.add_argument("-l", "--long", action="store_true",
+                    help="a table: size, object size and lock holder of each image")
+    fmt(sp, "a list of names; with -l, objects like rbd ls -l --format json")
     sp = image_cmd("import", cmd_import, "copy a raw file, block device or - (stdin) into a "
                    "new image, sparse (like rbd import)")
-    sp.add_argument("path")
+    sp.add_argument("path", help="a raw file, a block device, or - for stdin")
     sp.add_argument("name", nargs="?", help="image name (default: the file's name)")
-    sp.add_argument("--object-size", type=parse_size, default=None)
-    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--object-size", type=parse_object_size, default=None, metavar="SIZE",
+                    help=object_size_help)
+    no_progress(sp)
     sp = image_cmd("export", cmd_export, "copy an image to a new raw file (sparse), a block "
-                   "device or - (stdout) (like rbd export)")
-    sp.add_argument("name")
-    sp.add_argument("path")
-    sp.add_argument("--no-progress", action="store_true")
+                   "or character device, or - (stdout) (like rbd export)")
+    image(sp)
+    sp.add_argument("path", help="a new file, a device (written in place), or - for stdout")
+    no_progress(sp)
     sp = image_cmd("cp", cmd_cp, "copy an image to a new one, sparse (like rbd cp)")
-    sp.add_argument("name")
-    sp.add_argument("dest")
-    sp.add_argument("--no-progress", action="store_true")
+    image(sp, "the source image")
+    sp.add_argument("dest", help="the new image's name")
+    no_progress(sp)
     sp = image_cmd("mv", cmd_mv, "rename an image (like rbd mv)")
-    sp.add_argument("name")
-    sp.add_argument("new_name")
+    image(sp)
+    sp.add_argument("new_name", help="its new name")
     sp = image_cmd("info", cmd_info, "show an image")
-    sp.add_argument("name")
-    sp.add_argument("--format", choices=["plain", "json"], default="plain")
+    image(sp)
+    fmt(sp, "one object")
     sp = image_cmd("resize", cmd_resize, "grow or shrink an image")
-    sp.add_argument("name")
-    sp.add_argument("--size", type=parse_size, required=True)
-    sp.add_argument("--allow-shrink", action="store_true")
+    image(sp)
+    sp.add_argument("--size", type=parse_size, required=True, help=size_help)
+    sp.add_argument("--allow-shrink", action="store_true",
+                    help="allow a smaller size (the data past it is deleted)")
     sp = image_cmd("lock", cmd_lock, "show (ls) or break the image's exclusive lock "
                    "(like rbd lock ls / rm)")
-    sp.add_argument("action", choices=["ls", "break"])
-    sp.add_argument("name")
+    sp.add_argument("action", choices=["ls", "break"],
+                    help="ls: who holds it; break: fence the holder and remove its lock")
+    image(sp)
+    fmt(sp, "for ls: a list of lockers, like rbd lock ls --format json")
     sp = image_cmd("rm", cmd_rm, "remove an image and its data")
-    sp.add_argument("name")
-    sp = image_cmd("du", cmd_du, "provisioned and used space")
-    sp.add_argument("name", nargs="?")
+    image(sp)
+    sp = image_cmd("du", cmd_du, "provisioned and used space (like rbd du)")
+    sp.add_argument("name", nargs="?", help="one image (default: all, and their total)")
     sp.add_argument("--bytes", action="store_true", help="exact byte counts")
+    fmt(sp, 'like rbd du --format json: {"images": [...], "total_...": ...}')
     # values are checked by cmd_bench, not argparse, so every bad one is a one-line error
     sp = image_cmd("bench", cmd_bench, "benchmark an image through the client library "
                    "(like rbd bench)")
-    sp.add_argument("name")
+    image(sp)
     sp.add_argument("--io-type", help="read, write or readwrite (required)")
     sp.add_argument("--io-size", default="4K", help="bytes per op (default 4K)")
     sp.add_argument("--io-threads", default="16", help="ops in flight (default 16)")

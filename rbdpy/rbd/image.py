@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import operator
 import secrets
 import time
 from collections import deque
@@ -52,7 +53,11 @@ log = logging.getLogger("rbdpy.rbd")
 DIRECTORY = "rbd_directory"
 Done = Callable[[BaseException | None], None]
 """Completion of a ``start_*`` call: None when done, else the error."""
-MAX_SIZE = 1 << 50
+MAX_SIZE = 1 << 50  # 1 PiB: 2^28 objects of the default 4 MiB
+MAX_OBJECTS = 1 << 28  # the object map holds one bit per object in one 32 MiB object (the
+# OSD's rbd class refuses bits past this: ``osd.classes.MAX_OBJMAP_OBJECTS``); Ceph's
+# object map stops at 256,000,000 objects
+SECTOR = 512  # image sizes are whole sectors: NBD clients, qemu and the kernel count in them
 MAX_DIRTY = 32 << 20  # write-back: bytes sent but not yet committed (librbd: 24 MiB dirty)
 POST_MAX = POOL_MIN  # write-back writes up to this size may be posted (see ``postable``)
 
@@ -109,6 +114,48 @@ def _objects_for(size: int, layout: Layout) -> int:
     return n
 
 
+def whole_sectors(n: int) -> int:
+    """``n`` rounded up to whole sectors: the image size that holds ``n`` bytes of a file
+    (zeros after them), as qemu shows such a file."""
+    return -(-n // SECTOR) * SECTOR
+
+
+def size_limit(layout: Layout) -> int:
+    """The largest image size with this layout: MAX_SIZE, or less when the objects are
+    small (at most MAX_OBJECTS of them: 1 TiB of 4 KiB objects)."""
+    per_set = layout.object_size * layout.stripe_count
+    sets, extra = divmod(MAX_OBJECTS, layout.stripe_count)
+    return min(MAX_SIZE, sets * per_set + extra * layout.su)
+
+
+def _iec(n: int) -> str:
+    """``n`` bytes exactly, in the largest binary unit that divides it (1 PiB, 1536 KiB)."""
+    for shift, unit in ((50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def check_size(size: int, layout: Layout) -> None:
+    """EINVAL unless ``size`` is a whole number of sectors within ``size_limit``: an odd size
+    shows up rounded by the client (qemu showed a 1331-byte image as 1536 bytes), and a size
+    past the limit could never have all its objects in the object map."""
+    try:
+        size = operator.index(size)  # an int (numpy's too), never a float
+    except TypeError:
+        raise ImageError(errno.EINVAL, f"bad image size {size!r}: a number of bytes") from None
+    if size < 0:
+        raise ImageError(errno.EINVAL, f"bad image size {size}: negative")
+    if size % SECTOR:
+        raise ImageError(errno.EINVAL, f"image size {size} bytes is not a multiple of "
+                         f"{SECTOR} bytes (a whole number of sectors)")
+    limit = size_limit(layout)
+    if size > limit:
+        raise ImageError(errno.EINVAL, f"image size {_iec(size)} is over the limit of "
+                         f"{_iec(limit)} for {_iec(layout.object_size)} objects (an image has "
+                         f"at most 2^28 objects, and at most {_iec(MAX_SIZE)})")
+
+
 def _check_name(name: str) -> None:
     if not name or "/" in name or len(name) > 255:
         raise ImageError(errno.EINVAL, f"bad image name {name!r}")
@@ -118,12 +165,11 @@ async def create_image(objecter: Objecter, pool: int, name: str, size: int, *, o
                        stripe_unit: int = 0, stripe_count: int = 1) -> str:
     """Claim the name, then write the header; EEXIST if the name is taken."""
     _check_name(name)
-    if not 0 <= size <= MAX_SIZE:
-        raise ImageError(errno.EINVAL, f"bad size {size}")
     try:
-        Layout(order, stripe_unit, stripe_count)
+        layout = Layout(order, stripe_unit, stripe_count)
     except ValueError as e:
         raise ImageError(errno.EINVAL, str(e)) from None
+    check_size(size, layout)
     image_id = secrets.token_hex(6)
     try:
         await objecter.submit(pool, DIRECTORY, [O.Call("rbd", "dir_add", json.dumps(
@@ -616,8 +662,7 @@ class Image:
     async def resize(self, size: int) -> None:
         if self.read_only:
             raise ImageError(errno.EROFS, "image opened read-only")
-        if not 0 <= size <= MAX_SIZE:
-            raise ImageError(errno.EINVAL, f"bad size {size}")
+        check_size(size, self.layout)
         old = self.info.size
         if size < old:
             if self.layout.stripe_count != 1:

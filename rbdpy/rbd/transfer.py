@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rbdpy.rbd.api import SyncImage
+from rbdpy.rbd.image import whole_sectors
 
 BLOCK = 4096  # zero detection granularity (rbd import's default --sparse-size)
 EXPORT_WINDOW = 8  # chunks read concurrently by export
@@ -89,9 +90,10 @@ def import_into(img: SyncImage, fd: int, size: int | None, progress: Progress | 
                 ) -> TransferStats:
     """Copy ``fd`` into ``img`` (new, all holes), from offset 0, then flush.
 
-    ``size`` known (``source_size``): the image already has that size. Unknown (a pipe): the
-    image grows as data arrives (doubling, so few header updates) and ends exactly as long
-    as the stream."""
+    ``size`` known (``source_size``): the image already has that size (in whole 512-byte
+    sectors: ``whole_sectors``). Unknown (a pipe): the image grows as data arrives (doubling,
+    so few header updates) and ends as long as the stream, rounded up to whole sectors
+    (image sizes are; the tail reads as zeros)."""
     t0 = time.monotonic()
     chunk = max(img.info.object_size, 1 << 20)
     buf = memoryview(bytearray(chunk))
@@ -106,7 +108,7 @@ def import_into(img: SyncImage, fd: int, size: int | None, progress: Progress | 
         if n == 0:
             break
         if size is None and off + n > img.size:
-            img.resize(max(off + n, 2 * img.size))
+            img.resize(whole_sectors(max(off + n, 2 * img.size)))
         for s, e in nonzero_runs(buf[:n]):
             img.write(off + s, buf[s:e])  # write-back copies it: buf is reused at once
             written += e - s
@@ -114,8 +116,8 @@ def import_into(img: SyncImage, fd: int, size: int | None, progress: Progress | 
         if progress:
             progress(off, size)
     img.flush()
-    if size is None and img.size != off:
-        img.resize(off)
+    if size is None and img.size != whole_sectors(off):
+        img.resize(whole_sectors(off))
     return TransferStats(off, written, time.monotonic() - t0)
 
 
