@@ -106,3 +106,31 @@ def test_duplicate_keys_are_refused() -> None:
     two = b[:OSD_AT - 4] + struct.pack("<I", 2) + osd + osd + b[OSD_AT + len(osd):]
     with pytest.raises(MapDecodeError, match="osd 0 after 0: keys out of order or twice"):
         decode_map(two)
+
+
+def one_change() -> bytes:
+    from rbdpy.maps.incremental import Incremental, OsdChange
+
+    return encode_incremental(Incremental(2, osds={0: OsdChange(up=True)}))
+
+
+CHANGE_AT = 4 + 1 + 4 + 4 + 4  # head, epoch, no new OSDs, one change
+
+
+def patched_inc(at: int, fmt: str, value: object) -> bytes:
+    b = bytearray(one_change())
+    struct.pack_into(fmt, b, at, value)
+    return bytes(b)
+
+
+@pytest.mark.parametrize(("buf", "words"), [
+    (patched_inc(CHANGE_AT + 4 + 1, "<B", 2), "bool of value 2"),
+    (patched_inc(CHANGE_AT + 4, "<B", 0x80), "unknown change fields"),
+    (patched_inc(CHANGE_AT + 4, "<B", 0x24), "truncated"),  # weight, up_thru: no bytes
+    (one_change()[:9] + struct.pack("<III", 2, 5, 5) + one_change()[13:], "listed twice"),
+    (one_change()[:9] + struct.pack("<II", 1, 2**32 - 1) + one_change()[13:], "out of range"),
+])
+def test_malformed_incrementals_say_what_is_wrong(buf: bytes, words: str) -> None:
+    with pytest.raises(MapDecodeError) as ei:
+        decode_incremental(buf)
+    assert ei.value.errno == errno.EBADMSG and words in str(ei.value), str(ei.value)
