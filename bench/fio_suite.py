@@ -226,7 +226,9 @@ class Target:
             with open(path, "wb") as f:
                 f.truncate(parse_size(size))
             return nbdkit(["file", f"file={path}"], self.sock, self.pids)
-        subprocess.run([*self.rb, "create", image, "--size", size], check=True)
+        # rbdpy create takes whole 512-byte sectors, and reads a bare number as MiB
+        sectors = -(-parse_size(size) // 512) * 512
+        subprocess.run([*self.rb, "create", image, "--size", f"{sectors}B"], check=True)
         return nbdkit(["python", str(ROOT / "nbdplugin" / "rbdpy_nbd.py"),
                        f"cluster={self.cluster}", f"image={image}"], self.sock, self.pids)
 

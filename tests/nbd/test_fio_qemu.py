@@ -282,7 +282,7 @@ def sha(path: Path) -> str:
 def test_qemu_img_parallel_convert_in_out_and_map(export: Export, tmp_path: Path) -> None:
     src, back = tmp_path / "src.raw", tmp_path / "back.raw"
     data_objs = make_source(src)
-    s = export(size=str(SIZE))
+    s = export(size=f"{SIZE}B")
     # 8 coroutines, out-of-order writes, into the existing export
     qemu_img("convert", "-n", "-W", "-m", "8", "-f", "raw", "-O", "raw", str(src), s.uri)
     qemu_img("compare", "-f", "raw", "-F", "raw", str(src), s.uri)
@@ -296,7 +296,7 @@ def test_qemu_img_parallel_convert_in_out_and_map(export: Export, tmp_path: Path
 def test_qemu_img_qcow2_round_trip_between_exports(export: Export, tmp_path: Path) -> None:
     src, q, back = tmp_path / "src.raw", tmp_path / "mid.qcow2", tmp_path / "back.raw"
     data_objs = make_source(src)
-    a, b = export(size=str(SIZE)), export(size=str(SIZE))
+    a, b = export(size=f"{SIZE}B"), export(size=f"{SIZE}B")
     qemu_img("convert", "-n", "-f", "raw", "-O", "raw", str(src), a.uri)
     # export a -> qcow2: the export's holes (block status) must not become qcow2 data
     qemu_img("convert", "-f", "raw", "-O", "qcow2", a.uri, str(q))
@@ -317,7 +317,7 @@ def test_qemu_img_compare_sees_a_difference(export: Export, tmp_path: Path) -> N
     """The compare used above can fail: one changed byte in the export is reported."""
     src = tmp_path / "src.raw"
     make_source(src)
-    s = export(size=str(SIZE))
+    s = export(size=f"{SIZE}B")
     qemu_img("convert", "-n", "-f", "raw", "-O", "raw", str(src), s.uri)
     qemu_img("compare", "-f", "raw", "-F", "raw", str(src), s.uri)
     off = 7 * OBJ + 12345  # inside a hole of the source

@@ -53,7 +53,7 @@ async def test_sigkill_of_osds_during_writes_loses_and_corrupts_nothing(tmp_path
     data = tmp_path / "cluster"
     cli(data, "cluster", "up", "--osds", "2")
     try:
-        cli(data, "create", "img", "--size", str(SIZE), "--object-size", "1M")
+        cli(data, "create", "img", "--size", f"{SIZE}B", "--object-size", "1M")
         cfg = config.load(config.locate(str(data)))
         model = bytearray(SIZE)
         counts = {"writes": 0, "fua": 0, "flushes": 0, "kills": 0}
