@@ -28,6 +28,10 @@ still has its current map intact. The new map gets new dicts, while unchanged ``
 ``PoolInfo`` entries are shared with the old epoch (copy-on-write per entry: O(OSDs + pools)
 per epoch, small at any size a map has here); so entries of a map in use are never edited in
 place either, only replaced through ``apply``.
+
+The monitor (rbdpy.mon) makes every epoch; until the daemons and clients are wired to it, the
+map still comes from the cluster file, at epoch 1 (``rbdpy.mon.migrate`` turns that map into
+the monitor's first epoch). The seam the objecter calls is ``OSDMap.object_target``.
 """
 
 from __future__ import annotations
