@@ -51,9 +51,10 @@ from rbdpy.osd.pg.messages import (
     Scan,
     ScanReply,
 )
+from rbdpy.osd.pg.states import PGState, Role
 
 if TYPE_CHECKING:
-    from rbdpy.osd.pg.pg import PG, PGState
+    from rbdpy.osd.pg.pg import PG
 
 
 class Phase(enum.Enum):
@@ -131,8 +132,6 @@ class PrimaryPeering:
     # -- reporting -------------------------------------------------------------------------
 
     def state(self) -> PGState:
-        from rbdpy.osd.pg.pg import PGState
-
         return {
             Phase.DOWN: PGState.DOWN,
             Phase.INCOMPLETE: PGState.INCOMPLETE,
@@ -389,8 +388,6 @@ def _on_notify(pg: PG, frm: int, msg: Notify) -> None:
 def _on_activate(pg: PG, frm: int, msg: Activate) -> None:
     """A replica adopts the primary's log: replaced (backfill from nothing) or merged (the
     same merge the primary computed its plan with); once durable, it answers."""
-    from rbdpy.osd.pg.pg import Role
-
     if pg.role is not Role.REPLICA or frm != pg.acting[0] or pg.replica_active:
         return
     pg.replica_active = True

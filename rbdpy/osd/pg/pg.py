@@ -16,7 +16,6 @@ below (send, apply, persist): the same listener shape as Ceph's PeeringState/PG.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from rbdpy.osd.pg.info import PGInfo
 from rbdpy.osd.pg.intervals import Interval, MapHistory
 from rbdpy.osd.pg.log import (
     DEFAULT_MAX_DUPS,
+    ZERO,
     LogEntry,
     Missing,
     MissingItem,
@@ -49,33 +49,7 @@ from rbdpy.osd.pg.log import (
 )
 from rbdpy.osd.pg.messages import PGMessage
 from rbdpy.osd.pg.meta import P_LOG, Loaded, MetaTxn, load, vkey
-
-
-class Role(enum.Enum):
-    NONE = 0  # no map yet
-    PRIMARY = 1
-    REPLICA = 2
-    STRAY = 3
-
-
-class PGState(enum.Flag):
-    """The states a primary reports (Ceph's names)."""
-
-    PEERING = enum.auto()
-    DOWN = enum.auto()  # a past interval that may hold acked writes has no OSD up
-    INCOMPLETE = enum.auto()  # no complete copy to be authoritative
-    PEERED = enum.auto()  # peered, but fewer than min_size acting: no I/O
-    UNFOUND = enum.auto()  # an object the primary needs is on no reachable OSD
-    ACTIVE = enum.auto()
-    CLEAN = enum.auto()
-    DEGRADED = enum.auto()
-    UNDERSIZED = enum.auto()
-    RECOVERING = enum.auto()
-    BACKFILLING = enum.auto()
-
-
-def state_str(s: PGState) -> str:
-    return "+".join(f.name.lower() for f in PGState if f in s) or "unknown"
+from rbdpy.osd.pg.states import PGState, Role
 
 
 @dataclass(frozen=True)
@@ -133,7 +107,7 @@ class PG:
                 t.delete(vkey(P_LOG, torn.version))
             t.replace_missing(pg.missing, fixed)
             pg.missing = fixed
-            pg._apply([t.record()])
+            pg.apply([t.record()])
         pg.resolve_deletes()
         return pg, pg._flush()
 
@@ -248,16 +222,13 @@ class PG:
     def send(self, to: int, msg: PGMessage) -> None:
         self._out.append(Send(to, msg))
 
-    def _apply(self, records: list[Record], on_commit: Callable[[], None] | None = None) -> int:
+    def apply(self, records: list[Record], on_commit: Callable[[], None] | None = None) -> int:
+        """Emit an Apply; ``on_commit`` runs once it is durable, if still in this interval."""
         self._seq += 1
         self._out.append(Apply(self._seq, tuple(records)))
         if on_commit is not None:
             self.on_commit(self._seq, on_commit)
         return self._seq
-
-    def apply(self, records: list[Record], on_commit: Callable[[], None] | None = None) -> int:
-        """Emit an Apply; ``on_commit`` runs once it is durable, if still in this interval."""
-        return self._apply(records, on_commit)
 
     def on_commit(self, seq: int, fn: Callable[[], None]) -> None:
         if seq <= self._committed:
@@ -288,8 +259,8 @@ class PG:
         if e.changes_object and not (log_only and beyond):
             item = self.missing.get(e.oid)
             if item is not None or log_only:
-                new = (MissingItem(e.version, ZERO_V, deleted=True)
-                       if e.kind is OpKind.DELETE else MissingItem(e.version, ZERO_V))
+                new = (MissingItem(e.version, ZERO, deleted=True)
+                       if e.kind is OpKind.DELETE else MissingItem(e.version, ZERO))
                 if item is not None and not item.deleted:
                     new = MissingItem(new.need, item.have, new.deleted)
                 self.missing[e.oid] = new
@@ -298,7 +269,7 @@ class PG:
                 records.append(ObjectWrite(e.oid, e.version, payload))
             else:
                 records.append(ObjectRemove(e.oid))
-        seq = self._apply([t.record(), *records])
+        seq = self.apply([t.record(), *records])
         if self.missing and any(it.deleted for it in self.missing.values()):
             self.resolve_deletes()
         return seq
@@ -313,7 +284,7 @@ class PG:
         t = MetaTxn()
         self._trim(t, to)
         if t:
-            self._apply([t.record()])
+            self.apply([t.record()])
 
     def adopt(self, log: PGLog, missing: Missing, last_backfill: str | None = None,
               les: int | None = None, on_commit: Callable[[], None] | None = None) -> None:
@@ -327,7 +298,7 @@ class PG:
         if les is not None:
             self.les = les
         t.info(self.les, self.last_backfill)
-        self._apply([t.record()], on_commit)
+        self.apply([t.record()], on_commit)
         self.resolve_deletes()
 
     def resolve_deletes(self) -> None:
@@ -339,7 +310,7 @@ class PG:
         for oid in gone:
             del self.missing[oid]
             t.missing(oid, None)
-        self._apply([*(ObjectRemove(o) for o in gone), t.record()])
+        self.apply([*(ObjectRemove(o) for o in gone), t.record()])
 
     def recovered(self, oid: str, version: Version | None, payload: Any,
                   on_commit: Callable[[], None] | None = None) -> None:
@@ -354,20 +325,20 @@ class PG:
             t = MetaTxn()
             t.missing(oid, None)
             records.append(t.record())
-        self._apply(records, on_commit)
+        self.apply(records, on_commit)
 
     def set_backfill(self, last_backfill: str | None,
                      on_commit: Callable[[], None] | None = None) -> None:
         self.last_backfill = last_backfill
         t = MetaTxn()
         t.info(self.les, last_backfill)
-        self._apply([t.record()], on_commit)
+        self.apply([t.record()], on_commit)
 
     def set_les(self, les: int, on_commit: Callable[[], None] | None = None) -> None:
         self.les = les
         t = MetaTxn()
         t.info(les, self.last_backfill)
-        self._apply([t.record()], on_commit)
+        self.apply([t.record()], on_commit)
 
     def become_active(self, peer_missing: dict[int, Missing], backfill: set[int]) -> None:
         """Peering is done on every acting OSD: serve the ops that waited, start recovery."""
@@ -403,8 +374,6 @@ class PG:
         out, self._out = self._out, []
         return out
 
-
-ZERO_V = Version(0, 0)
 
 _HANDLERS: dict[type, Callable[[PG, int, Any], None]] = {
     **peering.HANDLERS,

@@ -33,9 +33,10 @@ from rbdpy.osd.pg.messages import (
     Scan,
     ScanReply,
 )
+from rbdpy.osd.pg.states import PGState
 
 if TYPE_CHECKING:
-    from rbdpy.osd.pg.pg import PG, PGState
+    from rbdpy.osd.pg.pg import PG
 
 
 @dataclass
@@ -60,8 +61,6 @@ class Recovery:
         self.priority: list[str] = []
 
     def state(self) -> PGState:
-        from rbdpy.osd.pg.pg import PGState
-
         s = PGState(0)
         if self.peer_missing or self.pushing:
             s |= PGState.RECOVERING | PGState.DEGRADED

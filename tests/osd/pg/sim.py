@@ -47,7 +47,8 @@ from rbdpy.osd.pg.effects import (
 )
 from rbdpy.osd.pg.intervals import EpochMap, MapHistory
 from rbdpy.osd.pg.log import OpKind
-from rbdpy.osd.pg.pg import PG, PGConfig, PGState, state_str
+from rbdpy.osd.pg.pg import PG, PGConfig
+from rbdpy.osd.pg.states import PGState, state_str
 from tests.osd.pg.simdisk import Clock, SimStore, View
 
 

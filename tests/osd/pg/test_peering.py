@@ -9,7 +9,7 @@ from rbdpy.osd.pg.info import PGInfo
 from rbdpy.osd.pg.intervals import EpochMap, MapHistory, build_prior
 from rbdpy.osd.pg.log import ZERO, Missing, PGLog, Version
 from rbdpy.osd.pg.peering import PeerState, choose_auth
-from rbdpy.osd.pg.pg import PGState
+from rbdpy.osd.pg.states import PGState
 from tests.osd.pg.scripted import (
     cluster,
     crash,

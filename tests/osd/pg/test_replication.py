@@ -6,7 +6,7 @@ and applied once; the log is trimmed only past what is durable everywhere."""
 from __future__ import annotations
 
 from rbdpy.osd.pg.messages import RepopReply
-from rbdpy.osd.pg.pg import PGState
+from rbdpy.osd.pg.states import PGState
 from tests.osd.pg.scripted import cluster, crash, data, done, op, pref, primary, restart, until
 from tests.osd.pg.sim import OpReply
 
