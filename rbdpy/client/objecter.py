@@ -72,6 +72,47 @@ class Request:
 MAX_UNCOMMITTED_PER_OBJECT = 64  # half the OSD's request-id window per client and object
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """Requests still waiting for an OSD: what a person needs to know when I/O hangs."""
+
+    by_osd: dict[int, int]  # the OSD a request was sent to -> how many wait for it
+    homeless: int  # no OSD can serve their placement group in the current map
+    queued: int  # held back behind earlier writes to their object
+    writes: int  # of all of them, how many are writes
+    oldest_tid: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_osd.values()) + self.homeless + self.queued
+
+    def targets(self, osdmap: OSDMap) -> str:
+        """``osd.0 (127.0.0.1:6800), osd.2 (...)``: whom they wait for."""
+        names = [_osd(osdmap, i) for i in sorted(self.by_osd)]
+        if self.homeless:
+            names.append("an OSD to serve their placement group")
+        return ", ".join(names)
+
+    def describe(self, osdmap: OSDMap) -> str:
+        """One line: ``waiting for osd.0 (127.0.0.1:6800): 3 requests (2 writes)``."""
+        parts = [f"{_osd(osdmap, i)}: {_n(n, 'request')}" for i, n in sorted(self.by_osd.items())]
+        if self.homeless:
+            parts.append(f"no OSD up for their placement group: {_n(self.homeless, 'request')}")
+        if self.queued:
+            parts.append(f"queued behind those: {_n(self.queued, 'request')}")
+        writes = f" ({_n(self.writes, 'write')})" if self.writes else ""
+        return f"waiting for {'; '.join(parts)}{writes}"
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _osd(osdmap: OSDMap, osd_id: int) -> str:
+    info = osdmap.osds.get(osd_id)
+    return f"osd.{osd_id} ({info.host}:{info.port})" if info is not None else f"osd.{osd_id}"
+
+
 class Objecter:
     """Client-side request engine; also the messenger Dispatcher for OSD replies."""
 
@@ -87,6 +128,12 @@ class Objecter:
         # still in the OSD's request-id window there (osd.daemon.REQID_KEEP = 128)
         self._per_object: dict[tuple[int, str], int] = {}
         self._deferred: dict[tuple[int, str], deque[Request]] = {}  # over the limit, FIFO
+        self.aborted = 0  # errno every request fails with after ``abort`` (0: not aborted)
+        self.aborted_writes = 0  # writes ``abort`` failed (data the OSDs may never have)
+        # called once, on the trio thread, when an OSD first refuses a request with
+        # ESHUTDOWN: this client was fenced (blocklisted) by one that broke its lock
+        self.on_blocklisted: Callable[[], None] | None = None
+        self.blocklisted = False
 
     def attach(self, msgr: Messenger) -> None:
         self.msgr = msgr
@@ -170,6 +217,9 @@ class Objecter:
         """Track and send (True), or queue behind its object's limit (False). A read of an
         object with writes held back queues behind them: the OSD must see them first, as
         the caller may already have been told they are done (write-back)."""
+        if self.aborted:
+            self._refuse(req)
+            return True
         if req.write:
             self.uncommitted[req.tid] = req  # flush waits for it from now on
             return self._admit(req)
@@ -268,6 +318,73 @@ class Objecter:
             if oldest.error:
                 raise OSDError(oldest.error, f"commit of {oldest.oid}")
 
+    # -- when the OSDs do not answer --------------------------------------------------------
+
+    def waiting(self, upto_tid: int) -> Waiting | None:
+        """The requests up to ``upto_tid`` (the ``last_tid`` of an earlier look) that still
+        wait for an answer, or None. Sans-I/O: the caller brings the clock, so a request
+        found here has waited at least since that earlier look."""
+        by_osd: dict[int, int] = {}
+        homeless = queued = writes = 0
+        oldest = 0
+        for req in self.inflight.values():
+            if req.tid > upto_tid:
+                continue
+            if req.target is None:
+                homeless += 1
+            else:
+                by_osd[req.target] = by_osd.get(req.target, 0) + 1
+            writes += req.write
+            oldest = req.tid if not oldest else min(oldest, req.tid)
+        for queue in self._deferred.values():
+            for req in queue:
+                if req.tid <= upto_tid:
+                    queued += 1
+                    writes += req.write
+                    oldest = req.tid if not oldest else min(oldest, req.tid)
+        if not oldest:
+            return None
+        return Waiting(by_osd, homeless, queued, writes, oldest)
+
+    def abort(self, err: int) -> int:
+        """Fail every request with ``err``, now and from now on, so that nothing waits for
+        the OSDs any more (a server that must stop while they are gone); returns how many
+        writes were failed (``aborted_writes`` goes on counting later ones). A read whose
+        reply is arriving (its data lands in the caller's buffer) is left to finish: the
+        caller must not get its buffer back while the messenger may still write into it."""
+        self.aborted = err
+        pending = [r for q in self._deferred.values() for r in q]
+        pending += [r for r in self.inflight.values()
+                    if r.write or not r.landed or r.read_into is None]
+        self._deferred.clear()
+        self._per_object.clear()
+        for req in sorted(pending, key=lambda r: r.tid):
+            self.inflight.pop(req.tid, None)
+            self._refuse(req)
+        return self.aborted_writes
+
+    def _refuse(self, req: Request) -> None:
+        """Fail ``req`` with ``aborted`` without sending it."""
+        if req.write:
+            self.aborted_writes += 1
+        req.error = self.aborted
+        self.uncommitted.pop(req.tid, None)
+        req.read_into = None
+        req.acked.set()
+        req.committed.set()
+        if req.on_done is not None:
+            self._notify(req)
+
+    def _blocklisted(self) -> None:
+        if not self.blocklisted:
+            self.blocklisted = True
+            log.debug("an OSD refused a request with ESHUTDOWN: this client is fenced")
+            if self.on_blocklisted is not None:
+                try:
+                    self.on_blocklisted()
+                except Exception:  # a reporting bug must not stop the reply reader
+                    log.exception("on_blocklisted failed")
+
     # -- map changes and resets -----------------------------------------------------------
 
     def update_map(self, osdmap: OSDMap) -> None:
@@ -320,6 +437,8 @@ class Objecter:
                 return
             err = -reply.result if reply.result < 0 else 0
         if err:
+            if err == errno.ESHUTDOWN:
+                self._blocklisted()
             self._finish(req, err, reply)
             return
         if reply.flags & osdops.FLAG_ACK and not req.acked.is_set():

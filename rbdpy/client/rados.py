@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ log = logging.getLogger("rbdpy.rados")
 T = TypeVar("T")
 POST_BACKLOG = 256  # posted writes waiting for the cluster thread; beyond, writers wait
 PROBE_OID = "rbdpy_probe"  # wait_ready stats it: any answer, ENOENT included, is a live OSD
+BLOCKED_EVERY = 5.0  # report_blocked: seconds between looks (and lines) while requests wait
 
 
 class ClusterUnavailable(Exception):
@@ -51,6 +53,10 @@ class Rados:
         self._error: BaseException | None = None
         self._bridge = ThreadBridge()
         self._closers: list[Callable[[], None]] = []
+        self._nursery: trio.Nursery | None = None
+        # called once (trio thread) when the OSDs refuse this client: it was fenced
+        self.on_fenced: Callable[[], None] | None = None
+        self.objecter.on_blocklisted = self._fenced
         self._thread = threading.Thread(target=self._main, name="rbdpy-trio", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -70,6 +76,7 @@ class Rados:
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self._bridge.serve)
                 self._ready.set()
                 await self._stop.wait()
@@ -121,6 +128,57 @@ class Rados:
             except trio.RunFinishedError:
                 pass
             self._thread.join(timeout=10)
+
+    # -- when the OSDs do not answer --------------------------------------------------------
+
+    def report_blocked(self, every: float = BLOCKED_EVERY) -> None:
+        """Log, every ``every`` seconds while requests wait that long, which OSDs they wait
+        for and how many (quiet when nothing waits; one line when they answer again): a
+        server whose OSDs are gone says so instead of hanging silently."""
+        async def start() -> None:
+            self._nursery.start_soon(self._report_blocked, every)  # type: ignore[union-attr]
+        self.run(start)
+
+    async def _report_blocked(self, every: float) -> None:
+        marks: deque[tuple[float, int]] = deque()  # (time, objecter.last_tid then)
+        reported = False
+        while True:
+            await trio.sleep(every)
+            now, obj = trio.current_time(), self.objecter
+            waiting = obj.waiting(marks[-1][1]) if marks else None
+            marks.append((now, obj.last_tid))
+            if waiting is None:
+                if reported:
+                    log.warning("the OSDs answer again: no request waits any more")
+                    reported = False
+                marks = deque([marks[-1]])
+                continue
+            # the oldest request existed at the first look whose last_tid reached its tid
+            while marks[0][1] < waiting.oldest_tid:
+                marks.popleft()  # (the previous look's last_tid is >= every tid found)
+            log.warning("%s, for %.0f s or more", waiting.describe(obj.osdmap),
+                        now - marks[0][0])
+            reported = True
+
+    def abort(self, err: int = errno.ESHUTDOWN) -> int:
+        """Fail every request now and from now on with ``err`` (see ``Objecter.abort``);
+        returns how many writes were failed. For a server that must stop while the OSDs
+        are gone: nothing it runs waits for them any more."""
+        async def do() -> int:
+            return self.objecter.abort(err)
+        return self.run(do)
+
+    @property
+    def aborted_writes(self) -> int:
+        return self.objecter.aborted_writes
+
+    def _fenced(self) -> None:
+        if self.on_fenced is not None:
+            self.on_fenced()
+            return
+        log.error("this client (%s) was fenced: the OSDs refuse all its requests "
+                  "(ESHUTDOWN), as another client broke its image lock; reconnect to go on",
+                  self.objecter.me)
 
     def __enter__(self) -> Rados:
         return self
