@@ -77,6 +77,16 @@ def break_lock(rados: Rados, name: str) -> rbdlock.Holder | None:
     return rados.run(brk)
 
 
+def last_break(rados: Rados, name: str) -> rbdlock.Breaker | None:
+    """Who last broke a holder's lock on the image, as recorded with the break (None:
+    never). A fenced holder reads it with a fresh client: the OSDs refuse its own."""
+    async def get() -> rbdlock.Breaker | None:
+        image_id = await rbdimage.lookup_id(rados.objecter, rados.pool, name)
+        return await rbdlock.breaker_of(rados.objecter, rados.pool,
+                                        rbdimage.header_oid(image_id))
+    return rados.run(get)
+
+
 def open_image(rados: Rados, name: str, *, read_only: bool = False, writeback: bool = True
                ) -> SyncImage:
     """Open an image; ``writeback`` as in ``rbdpy.rbd.image`` (False: write-through)."""

@@ -56,6 +56,7 @@ BLOCKLIST_OID = "osd_blocklist"  # named by Blocklist requests (the op acts on t
 FENCE_TIMEOUT = 10.0
 RELEASE_TIMEOUT = 5.0
 MAX_WAIT = 120.0  # longest wait for the lease of a holder whose liveness we cannot check
+BROKEN_XATTR = "rbdpy.lock_broken"  # on the header: who broke whose lock last, and when
 _HELD: dict[str, ImageLock] = {}  # cookie -> lock kept by a live keeper in this process
 
 
@@ -228,7 +229,8 @@ class ImageLock:
                 raise LockBusy(h)
             await fence(self.objecter, self.pool, h)
             try:  # break exactly that holder's lock and take it, atomically
-                await self._call([_break_op(h), self._lock_op()])
+                await self._call([_break_op(h), _broken_note(self.objecter, h, "took over"),
+                                  self._lock_op()])
             except OSDError as e:
                 if e.errno in (errno.ENOENT, errno.EBUSY):
                     continue  # somebody else broke or took it first: look again
@@ -270,8 +272,10 @@ class ImageLock:
                         if e.errno in (errno.ENOENT, errno.ESHUTDOWN):  # broken, fenced
                             self.lost = True
                             self.held = False
-                            log.error("the image lock was broken by another client: "
-                                      "writes now fail (ESHUTDOWN)")
+                            # fenced: the client as a whole says so (Rados.on_fenced)
+                            (log.info if e.errno == errno.ESHUTDOWN else log.error)(
+                                "the image lock was broken by another client: writes now "
+                                "fail (ESHUTDOWN)")
                             return
                         log.warning("renewing the image lock failed: %s", e)
                     except Exception as e:  # this task runs in the messenger's
@@ -320,6 +324,46 @@ def _break_op(h: Holder) -> O.Call:
     return lock_call("break_lock", owner=h.owner, cookie=h.cookie)
 
 
+@dataclass(frozen=True)
+class Breaker:
+    """Who broke a holder's lock (``BROKEN_XATTR``), for the holder to learn once fenced:
+    its own requests are refused, so it reads this with a fresh client."""
+
+    broke: str  # the holder broken, "client.<num>"
+    by: str  # the breaker, "client.<num>"
+    host: str
+    pid: int
+    at: float  # wall clock
+    how: str  # "rbdpy lock break" or "took over"
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.at))
+        return f"{self.by} on {self.host} pid {self.pid} ({self.how}, {when})"
+
+
+def _broken_note(objecter: Objecter, h: Holder, how: str) -> O.SetXattr:
+    """Set with the break, in the same op vector: who broke ``h``'s lock."""
+    me = here()
+    return O.SetXattr(BROKEN_XATTR, json.dumps({
+        "broke": h.owner, "by": f"client.{objecter.me.num}", "host": me.host, "pid": me.pid,
+        "at": time.time(), "how": how}).encode())
+
+
+async def breaker_of(objecter: Objecter, pool: int, header_oid: str) -> Breaker | None:
+    """The last recorded break of this header's lock (None: none recorded)."""
+    try:
+        r = await objecter.submit(pool, header_oid, [O.GetXattr(BROKEN_XATTR)], write=False)
+        d = json.loads(r.results[0].out or b"{}")
+        return Breaker(str(d["broke"]), str(d["by"]), str(d.get("host", "")),
+                       int(d.get("pid", 0)), float(d.get("at", 0)), str(d.get("how", "")))
+    except OSDError as e:
+        if e.errno in (errno.ENOENT, errno.ENODATA):
+            return None
+        raise
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable: as if none
+
+
 async def fence(objecter: Objecter, pool: int, h: Holder) -> None:
     """Blocklist the holder's client on every OSD, durably, before its lock is broken
     (not our own client: its requests are ordered with ours on the same sessions)."""
@@ -342,7 +386,9 @@ async def break_holder(objecter: Objecter, pool: int, header_oid: str, h: Holder
     longer holds it. Its requests fail from now on; it refuses writes itself from its next
     renewal."""
     await fence(objecter, pool, h)
-    await objecter.submit(pool, header_oid, [_break_op(h)], write=True)
+    await objecter.submit(pool, header_oid,
+                          [_break_op(h), _broken_note(objecter, h, "rbdpy lock break")],
+                          write=True)
 
 
 def judge(h: Holder) -> str:
