@@ -8,7 +8,7 @@ ReplicatedBackend, PGLog and PeeringState).
 - ``peering``, ``replication``, ``recovery``: the primary's peering, write path, and
   recovery/backfill, with what replicas and strays do for each.
 - ``pg``: one OSD's copy of a PG, the state machine the daemon drives (events in, effects out:
-  ``effects``; messages between OSDs: ``messages``).
+  ``effects``; messages between OSDs: ``messages``; its role and reported states: ``states``).
 
 A seeded in-process simulation (tests/osd/pg/sim.py) runs it with crashes, restarts, delays,
 drops and partitions.

@@ -54,6 +54,10 @@ from rbdpy.osd.pg.states import PGState, Role
 
 @dataclass(frozen=True)
 class PGConfig:
+    """Bounds: how much history a PG keeps (longer logs let a returning OSD recover from the
+    log instead of a backfill; dups bound how late a resend is still recognised) and how much
+    recovery runs at once."""
+
     max_log: int = 3000  # entries kept once durable everywhere (Ceph's osd_min_pg_log_entries)
     max_dups: int = DEFAULT_MAX_DUPS
     scan_chunk: int = 64  # objects per backfill scan

@@ -78,7 +78,7 @@ def _digest(seed: int, hashseed: str) -> str:
     return out.stdout.strip()
 
 
-def test_replay_is_exact() -> None:
+def test_same_seed_same_run() -> None:
     """A seed gives the same run (every delivered message at the same virtual time) in
     another process with another string hash seed: nothing depends on set order."""
     a = run_seed(7).digest
