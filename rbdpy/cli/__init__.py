@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (UserError, ConfigError) as e:  # ConfigError: a verb that reads the file itself
-        print(f"rbdpy: {e}", file=sys.stderr)
+        if str(e):  # empty: the line was already printed (by nbdkit's plugin)
+            print(f"rbdpy: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rbdpy import log as rlog
 from rbdpy.cli.common import (
@@ -26,6 +27,9 @@ def plugin_path() -> str:
     return str(Path(rbdpy.__file__).resolve().parent.parent / "nbdplugin" / "rbdpy_nbd.py")
 
 
+PLUGIN_REPORTED = 2  # nbdkit's status when the plugin refused to start and said why
+
+
 def nbdkit_command(args: argparse.Namespace, cfg_path: str) -> list[str]:
     cmd = ["nbdkit", "--exit-with-parent"] if args.foreground else ["nbdkit"]
     if args.foreground:
@@ -41,7 +45,18 @@ def nbdkit_command(args: argparse.Namespace, cfg_path: str) -> list[str]:
         cmd.append("readonly=1")
     if getattr(args, "write_through", False):
         cmd.append("writeback=0")
+    if getattr(args, "log", None):
+        cmd.append(f"log={args.log}")
     return cmd
+
+
+def _drop_empty(path: Path) -> None:
+    """A server that never started leaves no empty log behind."""
+    try:
+        if path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def _clear_stale_socket(path: str) -> None:
@@ -151,10 +166,16 @@ def _serve_image(args: argparse.Namespace) -> int:
         _clear_pidfile(Path(args.pidfile))
     elif not args.foreground:
         args.pidfile = str(stem.with_name(stem.name + ".pid"))  # its own: never another's
+        # in the background nbdkit's stderr is /dev/null: the plugin logs here instead
+        args.log = str(stem.with_name(stem.name + ".log"))
     cmd = nbdkit_command(args, str(cfg.path))
     if args.foreground:
         return _serve_foreground(args, cfg, cmd, stem)
     rc = subprocess.call(cmd)
+    if rc != 0:
+        _drop_empty(Path(args.log))
+    if rc == PLUGIN_REPORTED:
+        raise UserError("")  # the plugin printed the one line that says why
     if rc != 0:
         raise UserError(f"nbdkit exited with status {rc}")
     pid = _wait_pidfile(Path(args.pidfile))
@@ -372,7 +393,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0 if proc.returncode in (0, -signal.SIGTERM) else proc.returncode
 
 
-NBDKIT_STOP_TIMEOUT = 90.0  # nbdkit bounds its exit flush (the plugin's cleanup) to 30 s
+NBDKIT_STOP_TIMEOUT = 30.0  # the plugin bounds its stop (flush included) to ~15 s
 
 
 def _stop_nbdkit(proc) -> None:
@@ -424,6 +445,8 @@ def _wait_serving(proc, ready, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
+            if proc.returncode == PLUGIN_REPORTED:
+                raise UserError("")  # the plugin printed the one line that says why
             raise UserError(f"nbdkit exited with status {proc.returncode} before serving")
         if time.monotonic() > deadline:
             raise UserError(f"nbdkit did not start serving within {timeout:g}s")
