@@ -82,8 +82,48 @@ def cmd_osd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mon(args: argparse.Namespace) -> int:
+    """The monitor's settings are decided here, once, from its command line."""
+    import trio
+
+    from rbdpy.errors import RbdpyError
+    from rbdpy.mon.daemon import run_mon
+    from rbdpy.mon.events import MonError
+    from rbdpy.mon.state import MonOptions
+    from rbdpy.mon.store import MonStoreError
+
+    rlog.setup(args.log_level)
+    try:
+        options = MonOptions(grace=args.grace, down_out_interval=(
+            None if args.down_out_interval < 0 else args.down_out_interval))
+    except MonError as e:
+        raise UserError(str(e)) from None
+    host, port = args.listen
+    try:
+        trio.run(run_mon, args.data, host, port, options, args.init_from)
+    except MonStoreError as e:
+        raise UserError(f"mon store: {e}") from None
+    except RbdpyError as e:  # the address cannot be bound, --init-from's map seeds no store
+        raise UserError(f"mon: {e}") from None
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """The ``osd`` and ``cluster`` verbs."""
+    """The ``osd``, ``mon`` and ``cluster`` verbs."""
+    m = sub.add_parser("mon", help="run the monitor daemon in the foreground")
+    m.add_argument("--data", required=True, help="the monitor's store directory")
+    m.add_argument("--listen", type=_hostport, default=("127.0.0.1", 6789), metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:6789)")
+    m.add_argument("--grace", type=float, default=20.0, metavar="SECONDS",
+                   help="an OSD reported failed this long is marked down (default 20)")
+    m.add_argument("--down-out-interval", type=float, default=600.0, metavar="SECONDS",
+                   help="a down OSD is marked out after this long; negative: never "
+                        "(default 600)")
+    m.add_argument("--init-from", metavar="CLUSTER_TOML",
+                   help="when --data holds no store yet, make one whose first epoch is this "
+                        "static cluster file's map (its OSDs down until they boot)")
+    m.set_defaults(fn=cmd_mon)
+
     o = sub.add_parser("osd", help="run an OSD daemon in the foreground")
     o.add_argument("--id", type=int, required=True, help="the OSD's id in the cluster map")
     o.add_argument("--data", required=True, help="the OSD's data directory")
