@@ -55,7 +55,8 @@ def free_port() -> int:
 class Mon:
     """One ``rbdpy mon`` process on loopback."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, grace: float = 5.0) -> None:
+        self.grace = grace
         self.data = tmp / "mon"
         self.toml = tmp / "cluster.toml"
         self.toml.write_text(CLUSTER)
@@ -68,7 +69,7 @@ class Mon:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rbdpy.cli", "--log-level", "info", "mon", "--data",
                  str(self.data), "--listen", f"127.0.0.1:{self.port}", "--init-from",
-                 str(self.toml), "--grace", "5", "--down-out-interval", "-1"],
+                 str(self.toml), "--grace", str(self.grace), "--down-out-interval", "-1"],
                 stdout=logf, stderr=logf)
 
     def kill9(self) -> None:
@@ -195,6 +196,28 @@ def test_mon_process(mon: Mon) -> None:
     assert mon.proc is not None and mon.proc.poll() is None
     log = mon.log.read_text()
     assert "Traceback" not in log
+
+
+def test_a_reported_failure_marks_down_after_the_grace(tmp_path: Path) -> None:
+    """Not immediate: the mon's timer (a Tick at next_wakeup) marks the target down once
+    the grace has passed, with no further message from anyone."""
+    mon = Mon(tmp_path, grace=0.3)
+    mon.start()
+
+    async def report(c: Client) -> None:
+        c.send(monmsg.Subscribe(0))
+        c.send(monmsg.Boot(0, "127.0.0.1", 6800, 11))
+        c.send(monmsg.Boot(1, "127.0.0.1", 6801, 12))
+        m = await c.until(lambda m: m.is_up(0) and m.is_up(1))
+        c.send(monmsg.Failure(0, 1, m.epoch, 0.0))
+        m = await c.until(lambda m: not m.is_up(1))
+        assert m.is_up(0)
+
+    try:
+        trio.run(session, mon.port, report)
+        assert "osd.1 marked down: reported failed for" in mon.log.read_text()
+    finally:
+        mon.stop()
 
 
 def test_store_failure_stops_the_mon_before_the_epoch_is_sent(mon: Mon) -> None:
