@@ -35,9 +35,11 @@ log = logging.getLogger("rbdpy.mon")
 
 @dataclass(frozen=True)
 class _Gone:
-    """A subscriber's session ended: stop sending it maps."""
+    """A session ended (lost, or replaced by a restarted peer's): stop sending maps to
+    ``who`` unless a newer session of the same name has spoken since."""
 
     who: str
+    peer: Peer
 
 
 class MonDaemon:
@@ -85,8 +87,10 @@ class MonDaemon:
             if item is None:
                 effects, reply_to = self.mon.handle(ev.Tick(), now), None
             elif isinstance(item, _Gone):
-                self.peers.pop(item.who, None)
-                effects, reply_to = self.mon.handle(ev.Unsubscribe(item.who), now), None
+                effects, reply_to = [], None
+                if self.peers.get(item.who, item.peer) is item.peer:
+                    self.peers.pop(item.who, None)
+                    effects = self.mon.handle(ev.Unsubscribe(item.who), now)
             else:
                 effects, reply_to = self._message(*item, now)
             try:
@@ -168,10 +172,12 @@ class MonDaemon:
 
     def on_reset(self, peer: Peer, dropped: list[Message]) -> None:
         if peer.name is not None:
-            self._send.send_nowait(_Gone(str(peer.name)))
+            self._send.send_nowait(_Gone(str(peer.name), peer))
 
     def on_peer_reset(self, peer: Peer) -> None:
-        """A restarted peer lost what we sent: it subscribes again with the epoch it has."""
+        """``peer`` is the old session of a restarted peer, which subscribes again with the
+        epoch it has."""
+        self.on_reset(peer, [])
 
 
 def open_store(data_dir: str, options: MonOptions, init_from: str | None = None) -> MonStore:

@@ -220,6 +220,29 @@ def test_a_reported_failure_marks_down_after_the_grace(tmp_path: Path) -> None:
         mon.stop()
 
 
+def test_a_restarted_subscriber_gets_the_new_epochs(mon: Mon) -> None:
+    """The same entity name from a new messenger (a restarted client) replaces the old
+    session: dropping the old one must not drop the new one's subscription."""
+    held: list[OSDMap] = []
+
+    async def first(c: Client) -> None:
+        c.send(monmsg.Subscribe(0))
+        held.append(await c.until(lambda m: True))
+
+    async def second(c: Client) -> None:
+        c.map = held[0]
+        c.send(monmsg.Subscribe(held[0].epoch))
+        c.send(monmsg.Boot(0, "127.0.0.1", 6800, 11))
+        m = await c.until(lambda m: m.is_up(0))
+        assert m.epoch == held[0].epoch + 1
+        reply = await c.command({"prefix": "osd out", "id": 1}, tid=1)
+        m = await c.until(lambda m: m.epoch == reply.epoch)
+        assert not m.osds[1].in_
+
+    trio.run(session, mon.port, first)
+    trio.run(session, mon.port, second)
+
+
 def test_store_failure_stops_the_mon_before_the_epoch_is_sent(mon: Mon) -> None:
     """Epoch 3 cannot be written (a directory holds its name): the mon exits with one line
     and the subscriber never sees epoch 3."""
