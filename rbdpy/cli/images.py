@@ -43,10 +43,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from rbdpy.cli.interrupts import Interrupts
 
-    intr = Interrupts.install()  # first: an interrupt from here on ends with one line
     what = f"import of {args.path}"
     created = False
+    intr = None
     try:
+        intr = Interrupts.install()  # first: an interrupt from here on ends with one line
         from rbdpy.rbd import transfer
 
         order = _order(args.object_size)
@@ -80,7 +81,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         raise
     finally:
-        intr.finish()  # said how it ended: a later signal changes nothing
+        if intr is not None:
+            intr.finish()  # said how it ended: a later signal changes nothing
     _done_meter("Importing image", progress)
     return 0
 
@@ -163,15 +165,31 @@ def cmd_cp(args: argparse.Namespace) -> int:
     """``rbd cp``: a new image with the same size, object size and data, sparse (holes
     and zero blocks are not copied); durable when this returns 0. A failed or interrupted
     copy removes the partial image."""
+    from rbdpy.cli.interrupts import Interrupts
     from rbdpy.rbd import transfer
 
-    progress = _progress_meter("Image copy", not args.no_progress)
-    with _rados(args) as r:
-        src = rbdapi.open_image(r, args.name, read_only=True)  # read-only: works next to a server
-        # whole sectors: an image made before sizes had to be is copied with zeros after it
-        rbdapi.create_image(r, args.dest, whole_sectors(src.size), order=src.info.order)
-        _fill_new_image(r, args.dest, f"copy to {args.dest}",
-                        lambda dst: transfer.copy_image(src, dst, progress))
+    what = f"copy to {args.dest}"
+    created = False
+    intr = None
+    try:
+        intr = Interrupts.install()  # as import: an interrupt at any moment removes the copy
+        progress = _progress_meter("Image copy", not args.no_progress)
+        with _rados(args) as r:
+            src = rbdapi.open_image(r, args.name, read_only=True)  # works next to a server
+            intr.defer()  # from the create on, the copy must go if we do not finish
+            # whole sectors: an image made before sizes had to be is copied with zeros after it
+            rbdapi.create_image(r, args.dest, whole_sectors(src.size), order=src.info.order)
+            created = True
+            _fill_new_image(r, args.dest, what, lambda dst: transfer.copy_image(
+                src, dst, intr.checking(progress)), intr)
+    except KeyboardInterrupt:
+        if not created:  # else _fill_new_image said what became of the image
+            print(f"{_line_start()}rbdpy: {what} interrupted; no image was created",
+                  file=sys.stderr)
+        raise
+    finally:
+        if intr is not None:
+            intr.finish()
     _done_meter("Image copy", progress)
     return 0
 
