@@ -198,13 +198,20 @@ class ThreadBridge:
         lock = getattr(self._tls, "lock", None)
         if lock is None:
             lock = self._tls.lock = _thread.allocate_lock()
-        lock.acquire()  # held until the trio side releases it
-        call.lock = lock
-        if not self._enqueue(call):
+        try:
+            lock.acquire()  # held until the trio side releases it
+            call.lock = lock
+            if not self._enqueue(call):
+                lock.release()
+                raise BridgeClosed("the cluster connection is closed")
+            lock.acquire()
             lock.release()
-            raise BridgeClosed("the cluster connection is closed")
-        lock.acquire()
-        lock.release()
+        except BaseException:
+            # Ctrl-C (KeyboardInterrupt) can land between any two of these steps: the lock
+            # may stay held, by this thread or by a call nobody waits for any more. This
+            # thread's next call takes a fresh lock instead of waiting on it forever.
+            self._tls.lock = None
+            raise
         if call.error is not None:
             raise call.error
         return call.result

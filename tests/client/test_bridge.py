@@ -163,3 +163,28 @@ def test_posted_call_after_close_is_refused() -> None:
     ran: list = []
     assert not lp.bridge.post(lambda closed: ran.append(closed))
     assert ran == []
+
+
+def test_an_interrupted_call_does_not_block_the_threads_next_call(loop: Loop) -> None:
+    """Ctrl-C lands wherever the calling thread is: here, as if between taking its lock and
+    queueing the call (a KeyboardInterrupt raised by the queueing). The thread's next call
+    must still run; it waited forever on the lock left held (checked without waiting: the
+    lock this thread would use next must be free)."""
+    real = loop.bridge._enqueue
+    calls = {"n": 0}
+
+    def interrupted_once(call: object) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real(call)  # type: ignore[arg-type]
+
+    async def answer() -> int:
+        return 42
+
+    loop.bridge._enqueue = interrupted_once  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        loop.bridge.call(answer)
+    nxt = getattr(loop.bridge._tls, "lock", None)
+    assert nxt is None or not nxt.locked()
+    assert loop.bridge.call(answer) == 42
