@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rbdpy.cli.common import (
     OBJECT_SIZES,
@@ -22,6 +25,9 @@ from rbdpy.cli.common import (
 )
 from rbdpy.rbd import api as rbdapi
 from rbdpy.rbd.image import ImageError, whole_sectors
+
+if TYPE_CHECKING:
+    from rbdpy.cli.interrupts import Interrupts
 
 
 @_image_errors
@@ -41,13 +47,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     import os
     import stat
 
-    from rbdpy.cli.interrupts import Interrupts
-
     what = f"import of {args.path}"
-    created = False
-    intr = None
-    try:
-        intr = Interrupts.install()  # first: an interrupt from here on ends with one line
+    with _creating(what) as job:
+        intr = job.intr
         from rbdpy.rbd import transfer
 
         order = _order(args.object_size)
@@ -69,22 +71,45 @@ def cmd_import(args: argparse.Namespace) -> int:
             with _rados(args) as r:
                 intr.defer()  # from the create on, the image must go if we do not finish
                 rbdapi.create_image(r, name, whole_sectors(size or 0), order=order)
-                created = True
+                job.created = True
                 _fill_new_image(r, name, what, lambda img: transfer.import_into(
                     img, fd, size, intr.checking(progress)), intr)
         finally:
             if closefd:
                 os.close(fd)
+    _done_meter("Importing image", progress)
+    return 0
+
+
+class _Creating:
+    """What ``_creating`` knows: the interrupts, and whether the new image exists yet."""
+
+    def __init__(self, intr: Interrupts) -> None:
+        self.intr = intr
+        self.created = False
+
+
+@contextmanager
+def _creating(what: str) -> Iterator[_Creating]:
+    """Run a command that creates an image and must remove it if it does not finish
+    (import, cp): interrupts at any moment end with one line (``rbdpy.cli.interrupts``).
+    The body sets ``created`` once the image exists; from then on ``_fill_new_image`` says
+    what became of it, before that this says nothing was created. A signal once the
+    command is over changes nothing."""
+    from rbdpy.cli.interrupts import Interrupts
+
+    job = None
+    try:
+        job = _Creating(Interrupts.install())
+        yield job
     except KeyboardInterrupt:
-        if not created:  # else _fill_new_image said what became of the image
+        if job is None or not job.created:
             print(f"{_line_start()}rbdpy: {what} interrupted; no image was created",
                   file=sys.stderr)
         raise
     finally:
-        if intr is not None:
-            intr.finish()  # said how it ended: a later signal changes nothing
-    _done_meter("Importing image", progress)
-    return 0
+        if job is not None:
+            job.intr.finish()
 
 
 DROP_TIMEOUT = 30.0
@@ -165,31 +190,20 @@ def cmd_cp(args: argparse.Namespace) -> int:
     """``rbd cp``: a new image with the same size, object size and data, sparse (holes
     and zero blocks are not copied); durable when this returns 0. A failed or interrupted
     copy removes the partial image."""
-    from rbdpy.cli.interrupts import Interrupts
     from rbdpy.rbd import transfer
 
     what = f"copy to {args.dest}"
-    created = False
-    intr = None
-    try:
-        intr = Interrupts.install()  # as import: an interrupt at any moment removes the copy
+    with _creating(what) as job:
+        intr = job.intr
         progress = _progress_meter("Image copy", not args.no_progress)
         with _rados(args) as r:
             src = rbdapi.open_image(r, args.name, read_only=True)  # works next to a server
             intr.defer()  # from the create on, the copy must go if we do not finish
             # whole sectors: an image made before sizes had to be is copied with zeros after it
             rbdapi.create_image(r, args.dest, whole_sectors(src.size), order=src.info.order)
-            created = True
+            job.created = True
             _fill_new_image(r, args.dest, what, lambda dst: transfer.copy_image(
                 src, dst, intr.checking(progress)), intr)
-    except KeyboardInterrupt:
-        if not created:  # else _fill_new_image said what became of the image
-            print(f"{_line_start()}rbdpy: {what} interrupted; no image was created",
-                  file=sys.stderr)
-        raise
-    finally:
-        if intr is not None:
-            intr.finish()
     _done_meter("Image copy", progress)
     return 0
 

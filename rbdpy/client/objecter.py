@@ -364,16 +364,10 @@ class Objecter:
         return self.aborted_writes
 
     def _refuse(self, req: Request) -> None:
-        """Fail ``req`` with ``aborted`` without sending it."""
+        """Fail ``req`` with ``aborted`` without sending it (it holds no in-flight slot)."""
         if req.write:
             self.aborted_writes += 1
-        req.error = self.aborted
-        self.uncommitted.pop(req.tid, None)
-        req.read_into = None
-        req.acked.set()
-        req.committed.set()
-        if req.on_done is not None:
-            self._notify(req)
+        self._finish(req, self.aborted, None)
 
     def _blocklisted(self) -> None:
         if not self.blocklisted:

@@ -36,6 +36,7 @@ from rbdpy.maps.encoding import decode_incremental, decode_map, encode_increment
 from rbdpy.maps.errors import MapDecodeError, MapError
 from rbdpy.maps.incremental import Incremental
 from rbdpy.maps.osdmap import OSDMap
+from rbdpy.osd.store.blockio import fsync_dir  # the same directory sync the OSD store uses
 
 _FRAME = struct.Struct("<4sII")  # magic, payload length, crc32c of the payload
 _MAGIC = b"RMON"
@@ -47,14 +48,6 @@ class MonStoreError(RbdpyError):
 
     def __init__(self, msg: str, err: int = errno.EIO) -> None:
         super().__init__(err, msg)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _name(kind: str, epoch: int) -> str:
@@ -104,7 +97,7 @@ class MonStore:
         new_dir = not p.exists()
         p.mkdir(parents=True, exist_ok=True)
         if new_dir:
-            _fsync_dir(p.parent)
+            fsync_dir(p.parent)
         lock = cls._lock(p)
         try:
             cls._clean_tmp(p)
@@ -237,7 +230,7 @@ class MonStore:
             finally:
                 os.close(fd)
             os.rename(tmp, final)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except OSError as e:
             self._failed = f"{name}: {e.strerror}"
             raise MonStoreError(f"{self.path}: writing {name} failed: {e.strerror}",
